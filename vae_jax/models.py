@@ -1,0 +1,128 @@
+"""A latent-variable model as three named components, and its (theta, phi) trees.
+
+    p_theta(x, z) = p_theta(z) p_theta(x | z)     theta = {"p_z", "p_x_given_z"}
+    q_phi(z | x)                                  phi   = {"q_z_given_x"}
+
+theta holds every parameter of the generative model, but each distribution
+reads only its own subtree, so "the same theta" in p_theta(z) and p_theta(x|z)
+means "parameters of one joint model", not "one shared tensor". A fixed
+N(0, I) prior simply has no subtree to read: ``theta["p_z"] == {}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vae_jax.distributions import DiagonalGaussian, StandardNormal
+from vae_jax.networks import Component, make_bernoulli_mlp, make_gaussian_mlp
+
+Theta = dict[str, Any]
+Phi = dict[str, Any]
+
+
+class LatentVariableModel(NamedTuple):
+    """Components of p_theta(z), p_theta(x|z) and q_phi(z|x).
+
+    Attributes:
+      p_z: ``init(key) -> theta["p_z"]``, ``apply(theta["p_z"]) -> distribution``.
+      p_x_given_z: ``apply(theta["p_x_given_z"], z_L) -> distribution over x``.
+      q_z_given_x: ``apply(phi["q_z_given_x"], x_D) -> distribution over z``.
+      data_dim: D. latent_dim: L.
+    """
+
+    p_z: Component
+    p_x_given_z: Component
+    q_z_given_x: Component
+    data_dim: int
+    latent_dim: int
+
+    def init(self, key: jax.Array) -> tuple[Theta, Phi]:
+        """Fresh ``(theta, phi)``; each subtree gets its own key."""
+        p_z_key, p_x_key, q_z_key = jax.random.split(key, 3)
+        theta = {"p_z": self.p_z.init(p_z_key), "p_x_given_z": self.p_x_given_z.init(p_x_key)}
+        phi = {"q_z_given_x": self.q_z_given_x.init(q_z_key)}
+        return theta, phi
+
+    def prior(self, theta: Theta):
+        """p_theta(z)."""
+        return self.p_z.apply(theta["p_z"])
+
+    def likelihood(self, theta: Theta, z: jax.Array):
+        """p_theta(x | z); ``z`` may carry leading sample axes."""
+        return self.p_x_given_z.apply(theta["p_x_given_z"], z)
+
+    def posterior(self, phi: Phi, x: jax.Array):
+        """q_phi(z | x) for one example ``x`` of shape [D]."""
+        if x.shape != (self.data_dim,):
+            raise ValueError(
+                f"objectives take ONE example of shape ({self.data_dim},), got {x.shape}; "
+                "batch with jax.vmap (see vae_jax.objectives.batch_objective)"
+            )
+        return self.q_z_given_x.apply(phi["q_z_given_x"], x)
+
+
+def make_standard_normal_prior(latent_dim: int) -> Component:
+    """p(z) = N(0, I): no parameters, so ``theta["p_z"] == {}``."""
+    return Component(init=lambda key: {}, apply=lambda tree: StandardNormal(latent_dim))
+
+
+def make_learned_gaussian_prior(latent_dim: int) -> Component:
+    """p_theta(z) = N(loc, diag(exp(log_scale))^2), initialised at N(0, I)."""
+
+    def init(key: jax.Array) -> dict:
+        del key  # deterministic start at the standard normal
+        return {"loc": jnp.zeros((latent_dim,)), "log_scale": jnp.zeros((latent_dim,))}
+
+    return Component(init, lambda tree: DiagonalGaussian(tree["loc"], tree["log_scale"]))
+
+
+PRIORS = {
+    "standard_normal": make_standard_normal_prior,
+    "learned_gaussian": make_learned_gaussian_prior,
+}
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def make_vae(
+    data_dim: int = 784,
+    latent_dim: int = 20,
+    hidden_sizes: tuple[int, ...] = (500,),
+    activation: str = "tanh",
+    likelihood: str = "bernoulli",
+    prior: str = "standard_normal",
+    decoder_hidden_sizes: tuple[int, ...] | None = None,
+) -> LatentVariableModel:
+    """The appendix-C VAE: Gaussian MLP encoder (C.2) and a Bernoulli (C.1) or
+    Gaussian (C.2) MLP decoder.
+
+    Args:
+      data_dim: D, size of a flattened example.
+      latent_dim: L.
+      hidden_sizes: encoder hidden widths; the decoder mirrors them in reverse
+        unless ``decoder_hidden_sizes`` is given.
+      activation: hidden non-linearity, ``"tanh"`` in the paper.
+      likelihood: ``"bernoulli"`` for binary data, ``"gaussian"`` for real data.
+      prior: a key of ``PRIORS``.
+    """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; choose one of {sorted(PRIORS)}")
+    if decoder_hidden_sizes is None:
+        decoder_hidden_sizes = tuple(reversed(tuple(hidden_sizes)))
+    make_decoder = make_bernoulli_mlp if likelihood == "bernoulli" else make_gaussian_mlp
+    return LatentVariableModel(
+        p_z=PRIORS[prior](latent_dim),
+        p_x_given_z=make_decoder(latent_dim, data_dim, decoder_hidden_sizes, activation),
+        q_z_given_x=make_gaussian_mlp(data_dim, latent_dim, hidden_sizes, activation),
+        data_dim=data_dim,
+        latent_dim=latent_dim,
+    )
+
+
+def num_params(tree: Any) -> int:
+    """Number of scalars in a parameter tree."""
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,170 @@
+"""Objectives for ONE example, and the single place where batches are averaged.
+
+Sign and reduction conventions, everywhere in vae_jax:
+  * every quantity is per example, in nats, summed over data and latent dims;
+  * ``elbo``, ``reconstruction`` (E_q log p(x|z)) and ``log_p_x`` are log
+    densities (higher is better; the ELBO of a binarised MNIST digit is about
+    -90); ``kl`` is KL(q(z|x) || p(z)) >= 0;
+  * the training loss is ``-mean_batch(objective)``, taken only in
+    :func:`batch_objective`.
+
+Objective functions have the signature ``objective_fn(key, theta, phi, x_D)``
+and return ``(value, aux)``; ``value`` is what training maximises (the ELBO,
+its beta-weighted variant, or the IWAE bound) and ``aux`` holds named terms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from vae_jax.distributions import has_analytic_kl, kl_divergence
+from vae_jax.models import LatentVariableModel, Phi, Theta
+
+ObjectiveFn = Callable[[jax.Array, Theta, Phi, jax.Array], tuple[jax.Array, dict]]
+KL_ESTIMATORS = ("analytic", "sample")
+
+
+def make_elbo(
+    model: LatentVariableModel,
+    num_samples: int = 1,
+    kl: str = "analytic",
+    beta: float | jax.Array = 1.0,
+) -> ObjectiveFn:
+    """The reparameterised ELBO of Kingma & Welling 2013, eq. 7 (analytic KL)
+    or eq. 6 (Monte-Carlo KL), for one example.
+
+        ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)),   z = mu + sigma * eps.
+
+    The returned ``value`` is ``reconstruction - beta * kl`` (beta != 1 is the
+    KL-weighted training objective, e.g. warm-up); ``aux["elbo"]`` is always
+    the unweighted bound.
+
+    Args:
+      model: the components.
+      num_samples: S, reparameterised samples per example.
+      kl: ``"analytic"`` (closed form, needs a Gaussian pair) or ``"sample"``
+        (the S-sample estimate of E_q[log q(z|x) - log p(z)]). Both are
+        unbiased for the same ELBO.
+      beta: weight on the KL term in ``value``; may be a traced scalar.
+    """
+    if kl not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kl!r}; choose one of {list(KL_ESTIMATORS)}")
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+
+    def elbo(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> tuple[jax.Array, dict]:
+        q_z = model.posterior(phi, x)
+        p_z = model.prior(theta)
+        z_SxL = q_z.sample(key, (num_samples,))
+        reconstruction = jnp.mean(model.likelihood(theta, z_SxL).log_prob(x))
+        if kl == "analytic":
+            if not has_analytic_kl(q_z, p_z):
+                raise ValueError(
+                    f"no analytic KL for {type(q_z).__name__} || {type(p_z).__name__}; "
+                    "use kl='sample'"
+                )
+            kl_term = kl_divergence(q_z, p_z)
+        else:
+            kl_term = jnp.mean(q_z.log_prob(z_SxL) - p_z.log_prob(z_SxL))
+        aux = {"elbo": reconstruction - kl_term, "reconstruction": reconstruction, "kl": kl_term}
+        return reconstruction - beta * kl_term, aux
+
+    return elbo
+
+
+def log_importance_weights(
+    key: jax.Array, model: LatentVariableModel, theta: Theta, phi: Phi, x: jax.Array, num_samples: int
+) -> jax.Array:
+    """log w_s = log p(x, z_s) - log q(z_s | x), z_s ~ q(z|x); shape [S]."""
+    q_z = model.posterior(phi, x)
+    return _log_weights(key, model, theta, q_z, x, num_samples)
+
+
+def _log_weights(key, model, theta, q_z, x, num_samples):
+    z_SxL = q_z.sample(key, (num_samples,))
+    log_joint_S = model.prior(theta).log_prob(z_SxL) + model.likelihood(theta, z_SxL).log_prob(x)
+    return log_joint_S - q_z.log_prob(z_SxL)
+
+
+def make_iwae_bound(model: LatentVariableModel, num_samples: int) -> ObjectiveFn:
+    """The importance-weighted bound of Burda et al. 2015, eq. 8, for one example.
+
+        L_k(x) = log (1/k) sum_s p(x, z_s) / q(z_s|x),   z_s ~ q(z|x),
+
+    computed with logsumexp. L_1 is the ELBO; E[L_k] increases with k towards
+    log p(x). ``aux["elbo"]`` is the single-sample ELBO estimate averaged over
+    the same k samples, so the two bounds can be compared on the same draws.
+    """
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+
+    def iwae_bound(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> tuple[jax.Array, dict]:
+        log_w_S = log_importance_weights(key, model, theta, phi, x, num_samples)
+        bound = jax.nn.logsumexp(log_w_S) - math.log(num_samples)
+        return bound, {"iwae_bound": bound, "elbo": jnp.mean(log_w_S)}
+
+    return iwae_bound
+
+
+def make_log_marginal_likelihood(
+    model: LatentVariableModel, num_samples: int = 5000, chunk_size: int = 500
+) -> Callable[[jax.Array, Theta, Phi, jax.Array], jax.Array]:
+    """Importance-sampled log p(x) with S samples from q(z|x), for one example.
+
+        log p(x) ~= log (1/S) sum_s p(x, z_s) / q(z_s | x)
+
+    This is the estimator behind every NLL in the literature (Burda et al.
+    2015, section 5: S = 5000). The samples are drawn in chunks of
+    ``chunk_size`` inside a ``lax.scan`` that carries a running logsumexp, so
+    peak memory is set by ``chunk_size`` and does not grow with S. Chunk i
+    uses ``fold_in(key, i)``; a last partial chunk is masked.
+
+    Returns:
+      ``log_p_x_fn(key, theta, phi, x_D) -> scalar`` (nats, a log density).
+    """
+    num_samples, chunk_size = int(num_samples), int(chunk_size)
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}")
+    chunk_size = min(chunk_size, num_samples)
+    num_chunks = -(-num_samples // chunk_size)
+
+    def log_p_x(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> jax.Array:
+        q_z = model.posterior(phi, x)  # the encoder runs once, not once per chunk
+
+        def add_chunk(running_logsumexp, chunk_index):
+            log_w_C = _log_weights(jax.random.fold_in(key, chunk_index), model, theta, q_z, x, chunk_size)
+            valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
+            chunk_logsumexp = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
+            return jnp.logaddexp(running_logsumexp, chunk_logsumexp), None
+
+        init = jnp.array(-jnp.inf, dtype=jnp.result_type(float))
+        total, _ = jax.lax.scan(add_chunk, init, jnp.arange(num_chunks))
+        return total - math.log(num_samples)
+
+    return log_p_x
+
+
+def batch_objective(objective_fn: ObjectiveFn) -> Callable:
+    """Lift a one-example objective to a batch loss: the ONE place means are taken.
+
+    Each example gets its own key (``split(key, B)``), then
+
+        loss = -(1/B) sum_b objective_fn(key_b, theta, phi, x_b)
+
+    Returns:
+      ``loss_fn(key, theta, phi, x_BxD) -> (loss, aux)`` where ``aux`` holds
+      the batch means of the objective's named terms.
+    """
+    per_example = jax.vmap(objective_fn, in_axes=(0, None, None, 0))
+
+    def loss_fn(key: jax.Array, theta: Theta, phi: Phi, x_BxD: jax.Array):
+        if x_BxD.ndim != 2:
+            raise ValueError(f"expected a batch of shape [B, D], got {x_BxD.shape}")
+        values_B, aux_B = per_example(jax.random.split(key, x_BxD.shape[0]), theta, phi, x_BxD)
+        return -jnp.mean(values_B), jax.tree_util.tree_map(jnp.mean, aux_B)
+
+    return loss_fn
