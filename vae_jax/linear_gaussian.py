@@ -1,10 +1,10 @@
 """Probabilistic PCA: a latent-variable model whose answers are all exact.
 
-    p(z)     = N(0, I_L)                         theta["p_z"] == {}
-    p(x | z) = N(W z + b, s^2 I_D)               theta["p_x_given_z"] = {"loc": {"kernel": W^T, "bias": b},
-                                                                         "log_scale": log s}
-    q(z | x) = N(A x + c, diag(exp(log_scale))^2)  phi["q_z_given_x"] = {"loc": {"kernel": A^T, "bias": c},
-                                                                          "log_scale": [L]}
+    p(z)     = N(0, I_L)                       theta["p_z"] == {}
+    p(x | z) = N(W z + b, s^2 I_D)             theta["p_x_given_z"] =
+                 {"loc": {"kernel": W^T, "bias": b}, "log_scale": log s}
+    q(z | x) = N(A x + c, diag(sigma)^2)       phi["q_z_given_x"] =
+                 {"loc": {"kernel": A^T, "bias": c}, "log_scale": log sigma [L]}
 
 Closed forms (Tipping & Bishop 1999; Bishop, PRML section 12.2):
     log p(x)  = log N(x; b, W W^T + s^2 I)
@@ -124,8 +124,8 @@ def exact_posterior_phi(theta: Theta, atol: float = 1e-5) -> Phi:
 def closed_form_elbo(theta: Theta, q_z: DiagonalGaussian, x: jax.Array) -> jax.Array:
     """The exact ELBO of a diagonal Gaussian q(z) for one x (no sampling).
 
-        E_q[log N(x; W z + b, s^2 I)] = log N(x; W mu + b, s^2 I) - tr(W^T W diag(sigma^2)) / (2 s^2)
-        ELBO = that - KL(q || N(0, I))
+    E_q[log N(x; W z + b, s^2 I)] = log N(x; W mu + b, s^2 I) - tr(W^T W diag(sigma^2)) / (2 s^2)
+    ELBO = that - KL(q || N(0, I))
     """
     w_DxL, b_D, s2 = _w_b_s2(theta)
     residual_D = x - (w_DxL @ q_z.loc + b_D)

@@ -77,7 +77,12 @@ def make_elbo(
 
 
 def log_importance_weights(
-    key: jax.Array, model: LatentVariableModel, theta: Theta, phi: Phi, x: jax.Array, num_samples: int
+    key: jax.Array,
+    model: LatentVariableModel,
+    theta: Theta,
+    phi: Phi,
+    x: jax.Array,
+    num_samples: int,
 ) -> jax.Array:
     """log w_s = log p(x, z_s) - log q(z_s | x), z_s ~ q(z|x); shape [S]."""
     q_z = model.posterior(phi, x)
@@ -128,7 +133,9 @@ def make_log_marginal_likelihood(
     """
     num_samples, chunk_size = int(num_samples), int(chunk_size)
     if num_samples < 1 or chunk_size < 1:
-        raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}")
+        raise ValueError(
+            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
+        )
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
 
@@ -136,7 +143,9 @@ def make_log_marginal_likelihood(
         q_z = model.posterior(phi, x)  # the encoder runs once, not once per chunk
 
         def add_chunk(running_logsumexp, chunk_index):
-            log_w_C = _log_weights(jax.random.fold_in(key, chunk_index), model, theta, q_z, x, chunk_size)
+            log_w_C = _log_weights(
+                jax.random.fold_in(key, chunk_index), model, theta, q_z, x, chunk_size
+            )
             valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
             chunk_logsumexp = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
             return jnp.logaddexp(running_logsumexp, chunk_logsumexp), None

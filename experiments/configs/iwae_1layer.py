@@ -1,0 +1,19 @@
+"""Burda, Grosse & Salakhutdinov 2015, section 5, one stochastic layer:
+encoder and decoder with two tanh layers of 200, 50 latents, Adam (0.9, 0.999,
+eps 1e-4), batch 20, learning rate 1e-3 * 10^(-i/7) for 3^i passes, i = 0..7
+(3,280 passes in all). ``objective.name = "elbo"`` is their VAE row; set
+``--config.objective.name=iwae --config.objective.num_samples=50`` for IWAE.
+Fewer epochs than 3,280 truncate the same schedule."""
+
+from experiments.configs.base import base_config, smoke
+
+
+def get_config(arg: str | None = None):
+    config = base_config()
+    config.model.hidden_sizes = (200, 200)
+    config.model.latent_dim = 50
+    config.optimizer.eps = 1e-4
+    config.optimizer.schedule = "iwae"
+    config.train.batch_size = 20
+    config.train.epochs = 3280
+    return smoke(config) if arg == "smoke" else config

@@ -1,0 +1,291 @@
+"""Train and evaluate one config; resumable.
+
+    python -m experiments.main --config experiments/configs/default.py --workdir runs/default
+    python -m experiments.main --config experiments/configs/default.py:smoke --workdir /tmp/s
+    python -m experiments.main --config experiments/configs/iwae_1layer.py \
+        --config.train.epochs=121 --workdir runs/iwae
+
+The workdir holds ``config.json``, ``metrics.jsonl`` (one line per epoch),
+``checkpoint.msgpack`` (written atomically after every epoch), the fixed
+binarised test bits ``test_bits.npy``, ``results.json`` and PNG plots.
+Re-running the same command resumes from the last completed epoch and gives
+the same final state as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm.auto import tqdm
+
+from experiments import factory
+from vae_jax import checkpoint
+from vae_jax.data import binarize_once
+from vae_jax.evaluate import active_units, make_elbo_terms, make_log_p_x, map_dataset
+from vae_jax.models import num_params
+from vae_jax.train import init_train_state, make_train_epoch, to_host
+
+CHECKPOINT = "checkpoint.msgpack"
+# Keys that may differ between the run in a workdir and the command resuming it.
+RESUMABLE_CHANGES = ("train.epochs", "eval.plots")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse to resume a run of a different config; record the config otherwise."""
+    path = workdir / "config.json"
+    current = json.loads(config.to_json())
+    if path.exists():
+        stored = _flatten(json.loads(path.read_text()))
+        flat = _flatten(current)
+        differing = sorted(
+            k
+            for k in set(stored) | set(flat)
+            if k not in RESUMABLE_CHANGES and stored.get(k) != flat.get(k)
+        )
+        if differing:
+            details = ", ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in differing)
+            raise ValueError(
+                f"{workdir} holds a run of a different config ({details}); "
+                "use a new --workdir or delete the old run"
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _fixed_bits(workdir: Path, name: str, x: np.ndarray, seed: int) -> np.ndarray:
+    """Binarise once with a fixed key and keep the bits in the workdir."""
+    path = workdir / f"{name}_bits.npy"
+    if path.exists():
+        bits = np.load(path)
+        if bits.shape == x.shape:
+            return bits
+    bits = binarize_once(seed, x)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, bits)
+    tmp.replace(path)
+    return bits
+
+
+def _read_metrics(path: Path, completed_epochs: int) -> list[dict]:
+    """Lines of epochs the checkpoint covers; later ones came from a killed run."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [m for m in lines if m["epoch"] <= completed_epochs]
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def _elbo_summary(terms: dict) -> dict:
+    return {k: float(np.mean(terms[k])) for k in ("elbo", "reconstruction", "kl")}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, stop_after_epoch: int | None = None
+) -> dict | None:
+    """Train ``config`` in ``workdir`` (resuming if a checkpoint is there), then score it.
+
+    Args:
+      stop_after_epoch: end the process's work after this epoch, as an
+        interruption would (used by the resume test); returns None then.
+
+    Returns:
+      The results dict written to ``results.json``.
+    """
+    start_time = time.time()
+    workdir = Path(workdir)
+    check_workdir(workdir, config)
+    splits = factory.load_data(config)
+    data_dim = splits.train.shape[1]
+    model = factory.build_model(config, data_dim)
+    batch_size = int(config.train.batch_size)
+    steps_per_epoch = splits.train.shape[0] // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"train.batch_size={batch_size} exceeds {splits.train.shape[0]} examples")
+    objective_at_beta = factory.build_objective_at_beta(config, model)
+    optimizer = factory.build_optimizer(config, steps_per_epoch)
+
+    seed = int(config.seed)
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    eval_key = jax.random.key(int(config.eval.seed))
+    bits_seed = int(config.data.binarization_seed)
+    dynamic = config.data.binarization == "dynamic"
+    if config.data.binarization == "static":
+        x_train = _fixed_bits(workdir, "train", splits.train, bits_seed)
+    else:
+        x_train = splits.train
+    if config.data.binarization == "none":
+        x_valid, x_test = splits.valid, splits.test
+    else:
+        x_valid = _fixed_bits(workdir, "valid", splits.valid, bits_seed + 1)
+        x_test = _fixed_bits(workdir, "test", splits.test, bits_seed + 2)
+
+    state = init_train_state(init_key, model, optimizer)
+    completed = 0
+    ckpt_path = workdir / CHECKPOINT
+    if ckpt_path.exists():
+        saved = checkpoint.restore(ckpt_path, {"epoch": 0, "state": state})
+        completed, state = int(saved["epoch"]), saved["state"]
+        print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
+    metrics_path = workdir / "metrics.jsonl"
+    history = _read_metrics(metrics_path, completed)
+    _write_lines(metrics_path, history)
+
+    train_epoch = make_train_epoch(
+        objective_at_beta,
+        optimizer,
+        batch_size,
+        x_train.shape[0],
+        dynamic_binarization=dynamic,
+        warmup_steps=int(config.objective.warmup_epochs) * steps_per_epoch,
+        max_traces=1,
+    )
+    elbo_terms = make_elbo_terms(model)
+    eval_batch = int(config.eval.batch_size)
+    x_train_device = jnp.asarray(x_train)
+    epochs = int(config.train.epochs)
+
+    bar = tqdm(
+        range(completed, epochs), desc="train", unit="epoch", initial=completed, total=epochs
+    )
+    for epoch in bar:
+        t0 = time.perf_counter()
+        state, train_metrics = train_epoch(
+            state, train_key, jnp.asarray(epoch, jnp.int32), x_train_device
+        )
+        train_metrics = to_host(train_metrics)
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "step": int(state.step), "seconds": seconds}
+        record.update({f"train_{k}": v for k, v in train_metrics.items()})
+        every = max(1, int(config.eval.valid_every_epochs))
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+            valid = map_dataset(elbo_terms, eval_key, state.theta, state.phi, x_valid, eval_batch)
+            record.update({f"valid_{k}": v for k, v in _elbo_summary(valid).items()})
+        if not np.isfinite(record["train_loss"]):
+            raise FloatingPointError(
+                f"training loss became {record['train_loss']} in epoch {epoch + 1}; "
+                "the last good checkpoint is kept"
+            )
+        history.append(record)
+        _write_lines(metrics_path, history)
+        checkpoint.save(ckpt_path, {"epoch": epoch + 1, "state": state})
+        bar.set_postfix(loss=f"{record['train_loss']:.2f}", valid_elbo=record.get("valid_elbo"))
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            return None
+    bar.close()
+
+    results = evaluate(config, model, state, x_test, eval_key, workdir)
+    train_seconds = [m["seconds"] for m in history]
+    results.update(
+        {
+            "epochs": epochs,
+            # the first epoch includes compilation; the median is the steady state
+            "seconds_per_epoch": float(np.median(train_seconds)) if train_seconds else None,
+            "first_epoch_seconds": train_seconds[0] if train_seconds else None,
+            "wall_s": time.time() - start_time,
+            "valid_elbo": history[-1].get("valid_elbo") if history else None,
+        }
+    )
+    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(summary_table(results, workdir))
+    return results
+
+
+def evaluate(config, model, state, x_test, eval_key, workdir: Path) -> dict:
+    """Test ELBO terms, IS log p(x) over the whole test set, active units, plots."""
+    theta, phi = state.theta, state.phi
+    eval_batch = int(config.eval.batch_size)
+    t0 = time.perf_counter()
+    terms = map_dataset(make_elbo_terms(model), eval_key, theta, phi, x_test, eval_batch)
+    num_samples = int(config.eval.num_importance_samples)
+    log_p_x_fn = make_log_p_x(model, num_samples, int(config.eval.chunk_size))
+    is_start = time.perf_counter()
+    log_p_x = map_dataset(
+        log_p_x_fn, eval_key, theta, phi, x_test, eval_batch, description=f"IS-{num_samples}"
+    )
+    is_seconds = time.perf_counter() - is_start
+    kl_per_dim = np.mean(terms["kl_per_dim"], axis=0)
+    results = {
+        "test_nll": float(-np.mean(log_p_x)),
+        "num_importance_samples": num_samples,
+        "test_examples": int(x_test.shape[0]),
+        "test_elbo": float(np.mean(terms["elbo"])),
+        "test_kl": float(np.mean(terms["kl"])),
+        "test_reconstruction": float(np.mean(terms["reconstruction"])),
+        "active_units": active_units(terms["posterior_mean"]),
+        "kl_per_dim": [float(v) for v in kl_per_dim],
+        "num_params_theta": num_params(theta),
+        "num_params_phi": num_params(phi),
+        "is_seconds": is_seconds,
+        "eval_seconds": time.perf_counter() - t0,
+        "jax_version": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+        "train_step": int(state.step),
+    }
+    if config.eval.plots:
+        from experiments import plots  # matplotlib only when plotting
+
+        # Example indices fold into eval_key; the plots use an index no example has.
+        plot_key = jax.random.fold_in(eval_key, np.uint32(2**32 - 1))
+
+        plots.write_all(workdir, model, theta, phi, x_test, plot_key)
+    return results
+
+
+def summary_table(results: dict, workdir: Path) -> str:
+    rows = [
+        (f"test NLL (IS-{results['num_importance_samples']}), nats", results["test_nll"]),
+        ("test ELBO, nats", results["test_elbo"]),
+        ("test reconstruction E_q log p(x|z)", results["test_reconstruction"]),
+        ("test KL(q(z|x) || p(z))", results["test_kl"]),
+        ("active units", results["active_units"]),
+        ("seconds per epoch (median)", results["seconds_per_epoch"]),
+        ("IS evaluation seconds", results["is_seconds"]),
+        ("epochs", results["epochs"]),
+        ("test examples", results["test_examples"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"results in {workdir}/results.json"]
+    for name, value in rows:
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {name:<{width}}  {text:>10}")
+    return "\n".join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file [:smoke].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("both --config and --workdir are required")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

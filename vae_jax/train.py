@@ -1,0 +1,139 @@
+"""Training: theta and phi updated together by one optax optimiser.
+
+An epoch is one jitted call: a ``lax.scan`` over the batches of a dataset that
+already lives on the device, each step fusing the loss, its gradients and the
+optimiser update. Randomness is derived, never stored:
+
+    shuffle_key_e = fold_in(shuffle_key, epoch)      # which examples in which batch
+    step_key_t    = fold_in(step_root_key, step)     # binarisation and z samples
+
+so a run resumed from a checkpoint at the start of epoch e replays exactly the
+batches and draws of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax.data import binarize
+from vae_jax.models import LatentVariableModel, Phi, Theta
+from vae_jax.objectives import ObjectiveFn, batch_objective
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: optimiser steps taken so far
+    theta: Theta
+    phi: Phi
+    opt_state: Any
+
+
+def init_train_state(
+    key: jax.Array, model: LatentVariableModel, optimizer: optax.GradientTransformation
+) -> TrainState:
+    theta, phi = model.init(key)
+    return TrainState(jnp.zeros((), jnp.int32), theta, phi, optimizer.init((theta, phi)))
+
+
+def linear_warmup(step: jax.Array, warmup_steps: int) -> jax.Array:
+    """beta_t = min(1, t / warmup_steps): the KL weight of a linear warm-up."""
+    if warmup_steps <= 0:
+        return jnp.ones(())
+    return jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+def iwae_learning_rate_schedule(
+    steps_per_epoch: int, base_learning_rate: float = 1e-3, num_stages: int = 8
+) -> optax.Schedule:
+    """Burda et al. 2015, section 5: 3^i passes at 1e-3 * 10^(-i/7), i = 0..7."""
+    boundaries, values, epochs = [], [base_learning_rate], 0
+    for i in range(num_stages - 1):
+        epochs += 3**i
+        boundaries.append(epochs * steps_per_epoch)
+        values.append(base_learning_rate * 10 ** (-(i + 1) / 7))
+    return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+
+
+def iwae_schedule_epochs(num_stages: int = 8) -> int:
+    return sum(3**i for i in range(num_stages))
+
+
+def make_train_epoch(
+    objective_at_beta: Callable[[jax.Array], ObjectiveFn],
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    num_examples: int,
+    dynamic_binarization: bool = True,
+    warmup_steps: int = 0,
+    max_traces: int | None = None,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """Build ``train_epoch(state, train_key, epoch, x_NxD) -> (state, metrics)``.
+
+    The result is jitted with the state donated; it compiles once for a given
+    dataset shape. Each epoch shuffles the data, drops the last partial batch
+    (it is a different example set every epoch), and runs
+    ``num_examples // batch_size`` steps inside one ``lax.scan``.
+
+    Args:
+      objective_at_beta: ``beta -> objective_fn``; beta is the KL weight at the
+        current step (1 unless ``warmup_steps > 0``).
+      optimizer: one optax transformation over the pair ``(theta, phi)``.
+      batch_size: B.
+      num_examples: N, the training-set size (static).
+      dynamic_binarization: draw x_bin ~ Bernoulli(x) afresh at every step.
+      warmup_steps: length of the linear KL warm-up, in steps.
+      max_traces: if set, ``chex.assert_max_traces`` guards the epoch: tracing
+        it more often (a recompile) raises instead of silently slowing down.
+
+    Returns:
+      The jitted epoch function; ``metrics`` are means over the epoch's steps.
+    """
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+
+    def train_step(state: TrainState, x_BxD: jax.Array, step_root_key: jax.Array):
+        binarize_key, objective_key = jax.random.split(
+            jax.random.fold_in(step_root_key, state.step)
+        )
+        if dynamic_binarization:
+            x_BxD = binarize(binarize_key, x_BxD)
+        beta = linear_warmup(state.step, warmup_steps)
+        loss_fn = batch_objective(objective_at_beta(beta))
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)
+        (loss, aux), grads = grad_fn(objective_key, state.theta, state.phi, x_BxD)
+        params = (state.theta, state.phi)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        theta, phi = optax.apply_updates(params, updates)
+        return TrainState(state.step + 1, theta, phi, opt_state), {
+            "loss": loss,
+            "beta": beta,
+            **aux,
+        }
+
+    def train_epoch(state: TrainState, train_key: jax.Array, epoch: jax.Array, x_NxD: jax.Array):
+        if x_NxD.shape[0] != num_examples:
+            raise ValueError(
+                f"train_epoch was built for {num_examples} examples, got {x_NxD.shape}"
+            )
+        shuffle_key, step_root_key = jax.random.split(train_key)
+        order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
+        batches = x_NxD[order[: steps_per_epoch * batch_size]]
+        batches = batches.reshape(steps_per_epoch, batch_size, x_NxD.shape[1])
+        state, metrics = jax.lax.scan(lambda s, x: train_step(s, x, step_root_key), state, batches)
+        return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+    if max_traces is not None:
+        train_epoch = chex.assert_max_traces(train_epoch, n=max_traces)
+    return jax.jit(train_epoch, donate_argnums=0)
+
+
+def to_host(tree: Any) -> Any:
+    """Device arrays to Python floats (for JSON logs)."""
+    return jax.tree_util.tree_map(lambda v: float(np.asarray(v)), tree)
