@@ -50,8 +50,9 @@ class DiagonalGaussian(NamedTuple):
 
     def log_prob(self, x: jax.Array) -> jax.Array:
         """log N(x; loc, scale^2), summed over the last axis."""
-        standardised = (x - self.loc) * jnp.exp(-self.log_scale)
-        return jnp.sum(-0.5 * standardised**2 - self.log_scale - _HALF_LOG_2PI, axis=-1)
+        x, loc, log_scale = jnp.broadcast_arrays(x, self.loc, self.log_scale)
+        standardised = (x - loc) * jnp.exp(-log_scale)
+        return jnp.sum(-0.5 * standardised**2 - log_scale - _HALF_LOG_2PI, axis=-1)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Reparameterised draw ``loc + scale * eps``, eps ~ N(0, I).
@@ -61,7 +62,8 @@ class DiagonalGaussian(NamedTuple):
         """
         shape = tuple(sample_shape) + jnp.broadcast_shapes(self.loc.shape, self.log_scale.shape)
         eps = jax.random.normal(key, shape, dtype=jnp.result_type(self.loc))
-        return self.loc + self.scale * eps
+        loc, scale = jnp.broadcast_to(self.loc, shape), jnp.broadcast_to(self.scale, shape)
+        return loc + scale * eps
 
     def entropy(self) -> jax.Array:
         return jnp.sum(self.log_scale + 0.5 + _HALF_LOG_2PI, axis=-1)
@@ -112,13 +114,13 @@ class Bernoulli(NamedTuple):
         Written as ``x * l - softplus(l)``; exact for x in {0, 1} and the usual
         cross-entropy for x in [0, 1].
         """
-        return jnp.sum(x * self.logits - jax.nn.softplus(self.logits), axis=-1)
+        x, logits = jnp.broadcast_arrays(x, self.logits)
+        return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         shape = tuple(sample_shape) + self.logits.shape
-        return jax.random.bernoulli(key, jax.nn.sigmoid(self.logits), shape).astype(
-            self.logits.dtype
-        )
+        probs = jnp.broadcast_to(jax.nn.sigmoid(self.logits), shape)
+        return jax.random.bernoulli(key, probs, shape).astype(self.logits.dtype)
 
 
 Distribution = DiagonalGaussian | StandardNormal | Bernoulli

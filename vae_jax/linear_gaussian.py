@@ -46,7 +46,8 @@ def _linear_gaussian_component(input_dim: int, output_dim: int, shared_scale: bo
     def apply(tree: dict, inputs: jax.Array) -> DiagonalGaussian:
         if inputs.shape[-1] != input_dim:
             raise ValueError(f"expected inputs with last dimension {input_dim}, got {inputs.shape}")
-        loc = inputs @ tree["loc"]["kernel"] + tree["loc"]["bias"]
+        loc = inputs @ tree["loc"]["kernel"]
+        loc = loc + jnp.broadcast_to(tree["loc"]["bias"], loc.shape)
         return DiagonalGaussian(loc, jnp.broadcast_to(tree["log_scale"], loc.shape))
 
     return Component(init, apply)
@@ -73,7 +74,10 @@ def init_orthogonal_theta(
     return {
         "p_z": {},
         "p_x_given_z": {
-            "loc": {"kernel": (u_DxL * d_L).T, "bias": jax.random.normal(b_key, (data_dim,))},
+            "loc": {
+                "kernel": (u_DxL * d_L[None, :]).T,
+                "bias": jax.random.normal(b_key, (data_dim,)),
+            },
             "log_scale": jnp.log(jnp.asarray(noise_scale)),
         },
     }

@@ -142,16 +142,19 @@ def make_log_marginal_likelihood(
     def log_p_x(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> jax.Array:
         q_z = model.posterior(phi, x)  # the encoder runs once, not once per chunk
 
-        def add_chunk(running_logsumexp, chunk_index):
+        def add_chunk(carry, _):
+            # The chunk index rides in the carry, not in scan's xs, so nothing
+            # of size num_chunks is ever allocated.
+            running_logsumexp, chunk_index = carry
             log_w_C = _log_weights(
                 jax.random.fold_in(key, chunk_index), model, theta, q_z, x, chunk_size
             )
             valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
             chunk_logsumexp = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
-            return jnp.logaddexp(running_logsumexp, chunk_logsumexp), None
+            return (jnp.logaddexp(running_logsumexp, chunk_logsumexp), chunk_index + 1), None
 
-        init = jnp.array(-jnp.inf, dtype=jnp.result_type(float))
-        total, _ = jax.lax.scan(add_chunk, init, jnp.arange(num_chunks))
+        init = (jnp.array(-jnp.inf, dtype=jnp.result_type(float)), jnp.zeros((), jnp.uint32))
+        (total, _), _ = jax.lax.scan(add_chunk, init, length=num_chunks)
         return total - math.log(num_samples)
 
     return log_p_x
