@@ -154,16 +154,18 @@ def train_and_evaluate(
     history = _read_metrics(metrics_path, completed)
     _write_lines(metrics_path, history)
 
-    train_epoch = make_train_epoch(
-        objective_at_beta,
-        optimizer,
-        batch_size,
-        x_train.shape[0],
-        dynamic_binarization=dynamic,
-        warmup_steps=int(config.objective.warmup_epochs) * steps_per_epoch,
-        max_traces=1,
+    train_epoch = jax.jit(
+        make_train_epoch(
+            objective_at_beta,
+            optimizer,
+            batch_size,
+            x_train.shape[0],
+            dynamic_binarization=dynamic,
+            warmup_steps=int(config.objective.warmup_epochs) * steps_per_epoch,
+        ),
+        donate_argnums=0,
     )
-    elbo_terms = make_elbo_terms(model)
+    elbo_terms = jax.jit(make_elbo_terms(model))
     eval_batch = int(config.eval.batch_size)
     x_train_device = jnp.asarray(x_train)
     epochs = int(config.train.epochs)
@@ -219,9 +221,9 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path) -> dict:
     theta, phi = state.theta, state.phi
     eval_batch = int(config.eval.batch_size)
     t0 = time.perf_counter()
-    terms = map_dataset(make_elbo_terms(model), eval_key, theta, phi, x_test, eval_batch)
+    terms = map_dataset(jax.jit(make_elbo_terms(model)), eval_key, theta, phi, x_test, eval_batch)
     num_samples = int(config.eval.num_importance_samples)
-    log_p_x_fn = make_log_p_x(model, num_samples, int(config.eval.chunk_size))
+    log_p_x_fn = jax.jit(make_log_p_x(model, num_samples, int(config.eval.chunk_size)))
     is_start = time.perf_counter()
     log_p_x = map_dataset(
         log_p_x_fn, eval_key, theta, phi, x_test, eval_batch, description=f"IS-{num_samples}"
@@ -275,6 +277,37 @@ def summary_table(results: dict, workdir: Path) -> str:
     return "\n".join(lines)
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Fail with a clear message on ``--config.<key>=`` naming no config field.
+
+    ml_collections would raise a bare ``AttributeError`` from inside flag
+    parsing; this names the key and lists the valid ones beside it.
+    """
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is None:
+        index = argv.index("--config") if "--config" in argv else -1
+        config_arg = argv[index + 1] if 0 <= index < len(argv) - 1 else None
+    if config_arg is None:
+        return
+    path, _, arg = config_arg.partition(":")
+    namespace: dict = {}
+    exec(compile(Path(path).read_text(), path, "exec"), namespace)  # as config_flags does
+    config = namespace["get_config"](arg or None)
+    for item in argv:
+        if not item.startswith("--config."):
+            continue
+        dotted = item[len("--config.") :].split("=", 1)[0]
+        node = config
+        for depth, part in enumerate(dotted.split(".")):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                parent = ".".join(dotted.split(".")[:depth]) or "config"
+                valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise SystemExit(
+                    f"error: unknown config key {dotted!r} in {path}; keys under {parent}: {valid}"
+                )
+            node = node[part]
+
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file [:smoke].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 
@@ -288,4 +321,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     app.run(main)

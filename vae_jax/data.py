@@ -110,7 +110,7 @@ def load_tfds(
         ) from error
     if len(source) == 0:
         raise ValueError(f"tfds {name} split {split!r} is empty")
-    records = source.__getitems__(list(range(len(source))))
+    records = [source[i] for i in range(len(source))]
     if image_key not in records[0]:
         raise ValueError(
             f"tfds {name} has no feature {image_key!r}; features: {sorted(records[0])}"

@@ -1,5 +1,7 @@
 """Dataset-level evaluation: ELBO terms, IS estimates of log p(x), active units.
 
+The factories return plain functions; the entry point jits each once.
+
 Per-example keys are ``fold_in(eval_key, example_index)``, so a score does not
 depend on the evaluation batch size, and every model scored with the same key
 sees the same noise. Batches are padded to one fixed shape: each evaluator
@@ -27,7 +29,7 @@ def _per_example_keys(key: jax.Array, index_B: jax.Array) -> jax.Array:
 
 
 def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callable:
-    """Jitted ``(key, theta, phi, x_BxD, index_B) -> dict of per-example arrays``.
+    """``(key, theta, phi, x_BxD, index_B) -> dict of per-example arrays``.
 
     Keys: ``elbo``, ``reconstruction``, ``kl`` [B]; ``kl_per_dim`` and
     ``posterior_mean`` [B, L] (``kl_per_dim`` is NaN without an analytic KL).
@@ -43,11 +45,11 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
             kl_per_dim = jnp.full((model.latent_dim,), jnp.nan)
         return {**aux, "kl_per_dim": kl_per_dim, "posterior_mean": q_z.mean}
 
-    return jax.jit(jax.vmap(terms, in_axes=(None, None, None, 0, 0)))
+    return jax.vmap(terms, in_axes=(None, None, None, 0, 0))
 
 
 def make_log_p_x(model: LatentVariableModel, num_samples: int = 5000, chunk_size: int = 500):
-    """Jitted ``(key, theta, phi, x_BxD, index_B) -> log p(x) [B]`` by IS."""
+    """``(key, theta, phi, x_BxD, index_B) -> log p(x) [B]`` by IS."""
     log_p_x = make_log_marginal_likelihood(model, num_samples, chunk_size)
 
     def batch(key, theta, phi, x_BxD, index_B):
@@ -55,7 +57,7 @@ def make_log_p_x(model: LatentVariableModel, num_samples: int = 5000, chunk_size
             _per_example_keys(key, index_B), theta, phi, x_BxD
         )
 
-    return jax.jit(batch)
+    return batch
 
 
 def map_dataset(
@@ -67,7 +69,10 @@ def map_dataset(
     batch_size: int,
     description: str | None = None,
 ):
-    """Apply a batched evaluator to a whole dataset; returns host arrays [N, ...]."""
+    """Apply a jitted batched evaluator to a whole dataset; returns host arrays [N, ...].
+
+    Every call sees the same batch shape, so ``fn`` compiles once.
+    """
     n = x_NxD.shape[0]
     batch_size = min(batch_size, n)
     outputs = []

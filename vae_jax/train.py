@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,11 +70,11 @@ def make_train_epoch(
     num_examples: int,
     dynamic_binarization: bool = True,
     warmup_steps: int = 0,
-    max_traces: int | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build ``train_epoch(state, train_key, epoch, x_NxD) -> (state, metrics)``.
 
-    The result is jitted with the state donated; it compiles once for a given
+    The caller jits it once, with the state donated
+    (``jax.jit(train_epoch, donate_argnums=0)``); it then compiles once per
     dataset shape. Each epoch shuffles the data, drops the last partial batch
     (it is a different example set every epoch), and runs
     ``num_examples // batch_size`` steps inside one ``lax.scan``.
@@ -88,11 +87,9 @@ def make_train_epoch(
       num_examples: N, the training-set size (static).
       dynamic_binarization: draw x_bin ~ Bernoulli(x) afresh at every step.
       warmup_steps: length of the linear KL warm-up, in steps.
-      max_traces: if set, ``chex.assert_max_traces`` guards the epoch: tracing
-        it more often (a recompile) raises instead of silently slowing down.
 
     Returns:
-      The jitted epoch function; ``metrics`` are means over the epoch's steps.
+      The epoch function; ``metrics`` are means over the epoch's steps.
     """
     steps_per_epoch = num_examples // batch_size
     if steps_per_epoch < 1:
@@ -129,9 +126,7 @@ def make_train_epoch(
         state, metrics = jax.lax.scan(lambda s, x: train_step(s, x, step_root_key), state, batches)
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
-    if max_traces is not None:
-        train_epoch = chex.assert_max_traces(train_epoch, n=max_traces)
-    return jax.jit(train_epoch, donate_argnums=0)
+    return train_epoch
 
 
 def to_host(tree: Any) -> Any:
