@@ -12,6 +12,7 @@ from vae_jax.distributions import (
     StandardNormal,
     kl_divergence,
     kl_divergence_per_dim,
+    softplus,
 )
 from vae_jax.networks import LOG_SCALE_BOUND, make_gaussian_mlp
 
@@ -106,3 +107,11 @@ def test_extreme_encoder_outputs_stay_finite(key):
         assert np.isfinite(value)
         assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
         assert np.all(np.abs(encoder.apply(tree, x).log_scale) <= LOG_SCALE_BOUND)
+
+
+def test_softplus_equals_jax_softplus_in_value_and_gradient():
+    x = jnp.concatenate([jnp.linspace(-120.0, 120.0, 10_001), jnp.array([0.0, -1e30, 1e30])])
+    np.testing.assert_allclose(softplus(x), jax.nn.softplus(x), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(
+        jax.vmap(jax.grad(softplus))(x), jax.nn.sigmoid(x), rtol=1e-6, atol=1e-30
+    )

@@ -99,6 +99,24 @@ jax.tree_util.register_pytree_node(
 )
 
 
+@jax.custom_jvp
+def softplus(x: jax.Array) -> jax.Array:
+    """log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}), with derivative sigmoid(x).
+
+    Same values as ``jax.nn.softplus`` (which is ``logaddexp(x, 0)``), but its
+    simpler graph fuses better on CPU: the IS-5000 evaluation, dominated by
+    softplus over [S, 784] logits, runs 1.5x faster with it (see README,
+    performance). Never overflows: exp only ever sees -|x| <= 0.
+    """
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return softplus(x), jax.nn.sigmoid(x) * dx
+
+
 class Bernoulli(NamedTuple):
     """Independent Bernoulli variables with success probability sigmoid(logits)."""
 
@@ -115,7 +133,7 @@ class Bernoulli(NamedTuple):
         cross-entropy for x in [0, 1].
         """
         x, logits = jnp.broadcast_arrays(x, self.logits)
-        return jnp.sum(x * logits - jax.nn.softplus(logits), axis=-1)
+        return jnp.sum(x * logits - softplus(logits), axis=-1)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         shape = tuple(sample_shape) + self.logits.shape
