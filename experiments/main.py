@@ -85,6 +85,13 @@ def _fixed_bits(workdir: Path, name: str, x: np.ndarray, seed: int) -> np.ndarra
     return bits
 
 
+def test_bits(workdir: Path, config: ml_collections.ConfigDict, splits) -> np.ndarray:
+    """The test set every model of this config is scored on (binarised once)."""
+    if config.data.binarization == "none":
+        return splits.test
+    return _fixed_bits(workdir, "test", splits.test, int(config.data.binarization_seed) + 2)
+
+
 def _read_metrics(path: Path, completed_epochs: int) -> list[dict]:
     """Lines of epochs the checkpoint covers; later ones came from a killed run."""
     if not path.exists():
@@ -103,6 +110,33 @@ def _elbo_summary(terms: dict) -> dict:
     return {k: float(np.mean(terms[k])) for k in ("elbo", "reconstruction", "kl")}
 
 
+def build_run(config: ml_collections.ConfigDict, num_train_examples: int, data_dim: int):
+    """Model, objective, optimiser and a fresh state for ``config`` (one place)."""
+    model = factory.build_model(config, data_dim)
+    batch_size = int(config.train.batch_size)
+    steps_per_epoch = num_train_examples // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"train.batch_size={batch_size} exceeds {num_train_examples} examples")
+    objective_at_beta = factory.build_objective_at_beta(config, model)
+    optimizer = factory.build_optimizer(config, steps_per_epoch)
+    init_key = jax.random.split(jax.random.key(int(config.seed)))[0]
+    state = init_train_state(init_key, model, optimizer)
+    return model, objective_at_beta, optimizer, state, steps_per_epoch
+
+
+def restore_run(workdir: str | Path):
+    """(config, model, state, completed_epochs) of the run saved in ``workdir``."""
+    workdir = Path(workdir)
+    for name in ("config.json", CHECKPOINT):
+        if not (workdir / name).exists():
+            raise FileNotFoundError(f"{workdir} holds no run: {name} is missing")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    splits = factory.load_data(config)
+    model, _, _, state, _ = build_run(config, splits.train.shape[0], splits.train.shape[1])
+    saved = checkpoint.restore(workdir / CHECKPOINT, {"epoch": 0, "state": state})
+    return config, model, saved["state"], int(saved["epoch"]), splits
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str | Path, stop_after_epoch: int | None = None
 ) -> dict | None:
@@ -119,17 +153,11 @@ def train_and_evaluate(
     workdir = Path(workdir)
     check_workdir(workdir, config)
     splits = factory.load_data(config)
-    data_dim = splits.train.shape[1]
-    model = factory.build_model(config, data_dim)
+    model, objective_at_beta, optimizer, state, steps_per_epoch = build_run(
+        config, splits.train.shape[0], splits.train.shape[1]
+    )
     batch_size = int(config.train.batch_size)
-    steps_per_epoch = splits.train.shape[0] // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"train.batch_size={batch_size} exceeds {splits.train.shape[0]} examples")
-    objective_at_beta = factory.build_objective_at_beta(config, model)
-    optimizer = factory.build_optimizer(config, steps_per_epoch)
-
-    seed = int(config.seed)
-    init_key, train_key = jax.random.split(jax.random.key(seed))
+    train_key = jax.random.split(jax.random.key(int(config.seed)))[1]
     eval_key = jax.random.key(int(config.eval.seed))
     bits_seed = int(config.data.binarization_seed)
     dynamic = config.data.binarization == "dynamic"
@@ -141,9 +169,8 @@ def train_and_evaluate(
         x_valid, x_test = splits.valid, splits.test
     else:
         x_valid = _fixed_bits(workdir, "valid", splits.valid, bits_seed + 1)
-        x_test = _fixed_bits(workdir, "test", splits.test, bits_seed + 2)
+        x_test = test_bits(workdir, config, splits)
 
-    state = init_train_state(init_key, model, optimizer)
     completed = 0
     ckpt_path = workdir / CHECKPOINT
     if ckpt_path.exists():
@@ -216,13 +243,13 @@ def train_and_evaluate(
     return results
 
 
-def evaluate(config, model, state, x_test, eval_key, workdir: Path) -> dict:
+def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=None) -> dict:
     """Test ELBO terms, IS log p(x) over the whole test set, active units, plots."""
     theta, phi = state.theta, state.phi
     eval_batch = int(config.eval.batch_size)
     t0 = time.perf_counter()
     terms = map_dataset(jax.jit(make_elbo_terms(model)), eval_key, theta, phi, x_test, eval_batch)
-    num_samples = int(config.eval.num_importance_samples)
+    num_samples = int(num_samples or config.eval.num_importance_samples)
     log_p_x_fn = jax.jit(make_log_p_x(model, num_samples, int(config.eval.chunk_size)))
     is_start = time.perf_counter()
     log_p_x = map_dataset(
