@@ -28,7 +28,7 @@ from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from experiments import factory
-from vae_jax import checkpoint
+from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
 from vae_jax.evaluate import active_units, make_elbo_terms, make_log_p_x, map_dataset
 from vae_jax.models import num_params
@@ -177,6 +177,11 @@ def train_and_evaluate(
         saved = checkpoint.restore(ckpt_path, {"epoch": 0, "state": state})
         completed, state = int(saved["epoch"]), saved["state"]
         print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
+    # Data parallelism over every device (one device: the same code, a no-op).
+    mesh = parallel.data_mesh()
+    parallel.check_divisible(batch_size, mesh.size, "train.batch_size")
+    parallel.check_divisible(int(config.eval.batch_size), mesh.size, "eval.batch_size")
+    state = parallel.replicate(state, mesh)
     metrics_path = workdir / "metrics.jsonl"
     history = _read_metrics(metrics_path, completed)
     _write_lines(metrics_path, history)
@@ -189,12 +194,13 @@ def train_and_evaluate(
             x_train.shape[0],
             dynamic_binarization=dynamic,
             warmup_steps=int(config.objective.warmup_epochs) * steps_per_epoch,
+            batch_sharding=parallel.batch_sharding(mesh),
         ),
         donate_argnums=0,
     )
     elbo_terms = jax.jit(make_elbo_terms(model))
     eval_batch = int(config.eval.batch_size)
-    x_train_device = jnp.asarray(x_train)
+    x_train_device = parallel.replicate(jnp.asarray(x_train), mesh)
     epochs = int(config.train.epochs)
 
     bar = tqdm(
@@ -250,7 +256,10 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     t0 = time.perf_counter()
     terms = map_dataset(jax.jit(make_elbo_terms(model)), eval_key, theta, phi, x_test, eval_batch)
     num_samples = int(num_samples or config.eval.num_importance_samples)
-    log_p_x_fn = jax.jit(make_log_p_x(model, num_samples, int(config.eval.chunk_size)))
+    sharding = parallel.batch_sharding(parallel.data_mesh())
+    log_p_x_fn = jax.jit(
+        make_log_p_x(model, num_samples, int(config.eval.chunk_size), batch_sharding=sharding)
+    )
     is_start = time.perf_counter()
     log_p_x = map_dataset(
         log_p_x_fn, eval_key, theta, phi, x_test, eval_batch, description=f"IS-{num_samples}"

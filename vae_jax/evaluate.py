@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from vae_jax.distributions import has_analytic_kl, kl_divergence_per_dim
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
+from vae_jax.parallel import constrain_batch
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 
@@ -48,11 +49,21 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
     return jax.vmap(terms, in_axes=(None, None, None, 0, 0))
 
 
-def make_log_p_x(model: LatentVariableModel, num_samples: int = 5000, chunk_size: int = 500):
-    """``(key, theta, phi, x_BxD, index_B) -> log p(x) [B]`` by IS."""
+def make_log_p_x(
+    model: LatentVariableModel,
+    num_samples: int = 5000,
+    chunk_size: int = 500,
+    batch_sharding: jax.sharding.Sharding | None = None,
+):
+    """``(key, theta, phi, x_BxD, index_B) -> log p(x) [B]`` by IS.
+
+    Chunked over samples (memory independent of S) and, with
+    ``batch_sharding``, split over devices by example.
+    """
     log_p_x = make_log_marginal_likelihood(model, num_samples, chunk_size)
 
     def batch(key, theta, phi, x_BxD, index_B):
+        x_BxD = constrain_batch(x_BxD, batch_sharding)
         return jax.vmap(log_p_x, in_axes=(0, None, None, 0))(
             _per_example_keys(key, index_B), theta, phi, x_BxD
         )

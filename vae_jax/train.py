@@ -24,6 +24,7 @@ import optax
 from vae_jax.data import binarize
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import ObjectiveFn, batch_objective
+from vae_jax.parallel import constrain_batch
 
 
 class TrainState(NamedTuple):
@@ -70,6 +71,7 @@ def make_train_epoch(
     num_examples: int,
     dynamic_binarization: bool = True,
     warmup_steps: int = 0,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build ``train_epoch(state, train_key, epoch, x_NxD) -> (state, metrics)``.
 
@@ -87,6 +89,8 @@ def make_train_epoch(
       num_examples: N, the training-set size (static).
       dynamic_binarization: draw x_bin ~ Bernoulli(x) afresh at every step.
       warmup_steps: length of the linear KL warm-up, in steps.
+      batch_sharding: if given (``vae_jax.parallel.batch_sharding(mesh)``),
+        each batch is split across the mesh's devices (data parallelism).
 
     Returns:
       The epoch function; ``metrics`` are means over the epoch's steps.
@@ -96,6 +100,7 @@ def make_train_epoch(
         raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
 
     def train_step(state: TrainState, x_BxD: jax.Array, step_root_key: jax.Array):
+        x_BxD = constrain_batch(x_BxD, batch_sharding)
         binarize_key, objective_key = jax.random.split(
             jax.random.fold_in(step_root_key, state.step)
         )
