@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from vae_jax.distributions import has_analytic_kl, kl_divergence_per_dim
 from vae_jax.models import LatentVariableModel, Phi, Theta
-from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
+from vae_jax.objectives import make_elbo, make_log_marginal_likelihood, phi_axis
 from vae_jax.parallel import constrain_batch
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
@@ -32,6 +32,7 @@ def _per_example_keys(key: jax.Array, index_B: jax.Array) -> jax.Array:
 def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callable:
     """``(key, theta, phi, x_BxD, index_B) -> dict of per-example arrays``.
 
+    ``phi`` may be amortised or per-datapoint (rows of the batch).
     Keys: ``elbo``, ``reconstruction``, ``kl`` [B]; ``kl_per_dim`` and
     ``posterior_mean`` [B, L] (``kl_per_dim`` is NaN without an analytic KL).
     """
@@ -46,7 +47,12 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
             kl_per_dim = jnp.full((model.latent_dim,), jnp.nan)
         return {**aux, "kl_per_dim": kl_per_dim, "posterior_mean": q_z.mean}
 
-    return jax.vmap(terms, in_axes=(None, None, None, 0, 0))
+    def batch(key, theta, phi, x_BxD, index_B):
+        return jax.vmap(terms, in_axes=(None, None, phi_axis(phi), 0, 0))(
+            key, theta, phi, x_BxD, index_B
+        )
+
+    return batch
 
 
 def make_log_p_x(
@@ -64,7 +70,7 @@ def make_log_p_x(
 
     def batch(key, theta, phi, x_BxD, index_B):
         x_BxD = constrain_batch(x_BxD, batch_sharding)
-        return jax.vmap(log_p_x, in_axes=(0, None, None, 0))(
+        return jax.vmap(log_p_x, in_axes=(0, None, phi_axis(phi), 0))(
             _per_example_keys(key, index_B), theta, phi, x_BxD
         )
 
@@ -82,7 +88,8 @@ def map_dataset(
 ):
     """Apply a jitted batched evaluator to a whole dataset; returns host arrays [N, ...].
 
-    Every call sees the same batch shape, so ``fn`` compiles once.
+    Every call sees the same batch shape, so ``fn`` compiles once. Per-datapoint
+    phi (``[N, L]`` rows) is sliced to the batch alongside x.
     """
     n = x_NxD.shape[0]
     batch_size = min(batch_size, n)
@@ -92,8 +99,11 @@ def map_dataset(
         starts = tqdm(starts, desc=description, unit="batch", leave=False)
     for start in starts:
         index = np.arange(start, start + batch_size)
-        x = x_NxD[np.minimum(index, n - 1)]  # pad the last batch by repeating its last row
-        out = fn(key, theta, phi, jnp.asarray(x), jnp.asarray(index))
+        rows = np.minimum(index, n - 1)  # pad the last batch by repeating its last row
+        phi_batch = (
+            phi if phi_axis(phi) is None else jax.tree_util.tree_map(lambda a, r=rows: a[r], phi)
+        )
+        out = fn(key, theta, phi_batch, jnp.asarray(x_NxD[rows]), jnp.asarray(index))
         valid = min(batch_size, n - start)
         outputs.append(jax.tree_util.tree_map(lambda v, k=valid: np.asarray(v)[:k], out))
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)

@@ -55,12 +55,28 @@ class LatentVariableModel(NamedTuple):
         return self.p_x_given_z.apply(theta["p_x_given_z"], z)
 
     def posterior(self, phi: Phi, x: jax.Array):
-        """q_phi(z | x) for one example ``x`` of shape [D]."""
+        """q_phi(z | x) for one example ``x`` of shape [D].
+
+        Two forms of phi, one objective:
+          * amortised, ``{"q_z_given_x": encoder weights}``: q is the encoder
+            applied to x, and phi is shared by every example;
+          * per-datapoint, ``{"q_z": {"loc": [L], "log_scale": [L]}}`` (the
+            slice of ``[N, L]`` arrays for this example): q's parameters are
+            phi itself and x is not consulted.
+        """
         if x.shape != (self.data_dim,):
             raise ValueError(
                 f"objectives take ONE example of shape ({self.data_dim},), got {x.shape}; "
                 "batch with jax.vmap (see vae_jax.objectives.batch_objective)"
             )
+        if "q_z" in phi:
+            q_z = phi["q_z"]
+            if q_z["loc"].shape != (self.latent_dim,):
+                raise ValueError(
+                    f"per-datapoint phi must be sliced to one example, loc of shape "
+                    f"({self.latent_dim},); got {q_z['loc'].shape} (vmap with phi's in_axes=0)"
+                )
+            return DiagonalGaussian(q_z["loc"], q_z["log_scale"])
         return self.q_z_given_x.apply(phi["q_z_given_x"], x)
 
 

@@ -160,22 +160,35 @@ def make_log_marginal_likelihood(
     return log_p_x
 
 
+def phi_axis(phi: Phi) -> int | None:
+    """The vmap axis of phi over examples: the answer to "what are the
+    variational parameters?" in one integer.
+
+    ``None`` for amortised phi (the encoder's weights, shared by all examples);
+    ``0`` for per-datapoint phi (one (loc, log_scale) row per example).
+    """
+    return 0 if "q_z" in phi else None
+
+
 def batch_objective(objective_fn: ObjectiveFn) -> Callable:
     """Lift a one-example objective to a batch loss: the ONE place means are taken.
 
     Each example gets its own key (``split(key, B)``), then
 
-        loss = -(1/B) sum_b objective_fn(key_b, theta, phi, x_b)
+        loss = -(1/B) sum_b objective_fn(key_b, theta, phi_b, x_b)
+
+    where ``phi_b = phi`` (amortised) or ``phi`` row b (per-datapoint phi of
+    the batch, ``[B, L]``); :func:`phi_axis` picks the vmap ``in_axes``.
 
     Returns:
       ``loss_fn(key, theta, phi, x_BxD) -> (loss, aux)`` where ``aux`` holds
       the batch means of the objective's named terms.
     """
-    per_example = jax.vmap(objective_fn, in_axes=(0, None, None, 0))
 
     def loss_fn(key: jax.Array, theta: Theta, phi: Phi, x_BxD: jax.Array):
         if x_BxD.ndim != 2:
             raise ValueError(f"expected a batch of shape [B, D], got {x_BxD.shape}")
+        per_example = jax.vmap(objective_fn, in_axes=(0, None, phi_axis(phi), 0))
         values_B, aux_B = per_example(jax.random.split(key, x_BxD.shape[0]), theta, phi, x_BxD)
         return -jnp.mean(values_B), jax.tree_util.tree_map(jnp.mean, aux_B)
 
