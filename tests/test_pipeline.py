@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from experiments import evaluate as rescore
+from experiments import inference_gap
 from experiments.configs import default, iwae_1layer, kingma_welling
 from experiments.main import train_and_evaluate
 
@@ -50,9 +51,29 @@ def test_smoke_run_writes_results_and_figures(tmp_path):
     rescored = rescore.main(["--workdir", str(tmp_path), "--num-samples", "50"])
     assert rescored["test_nll"] == results["test_nll"]
     more = rescore.main(["--workdir", str(tmp_path), "--num-samples", "200"])
-    assert (
-        more["test_nll"] <= results["test_nll"] + 0.5
-    )  # more samples: a tighter bound, up to noise
+    # more samples: a tighter bound, up to noise
+    assert more["test_nll"] <= results["test_nll"] + 0.5
+    # the inference-gap decomposition on the same checkpoint
+    gap = inference_gap.main(
+        [
+            "--workdir",
+            str(tmp_path),
+            "--num-examples",
+            "100",
+            "--fit-steps",
+            "30",
+            "--semi-steps",
+            "5",
+            "--num-samples",
+            "50",
+        ]
+    )
+    assert gap["elbo_q_phi"] < gap["elbo_q_semi"] < gap["elbo_q_star"] < gap["log_p_x"]
+    assert math.isclose(
+        gap["approximation_gap"] + gap["amortisation_gap"],
+        gap["log_p_x"] - gap["elbo_q_phi"],
+        rel_tol=1e-4,
+    )
 
 
 def test_every_shipped_config_has_a_smoke_variant_that_builds():
