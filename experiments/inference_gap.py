@@ -25,32 +25,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from experiments.main import restore_run, test_bits
 from vae_jax.evaluate import make_elbo_terms, make_log_p_x, map_dataset
-from vae_jax.local import encoder_outputs, make_fit_local
-
-
-def fit_in_batches(fit_fn, key, theta, start_phi, x, batch_size, desc):
-    """Run a jitted fit over the examples in fixed-size batches (one compile)."""
-    rows = []
-    n = x.shape[0]
-    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False):
-        index = np.minimum(np.arange(start, start + batch_size), n - 1)
-        phi_batch = jax.tree_util.tree_map(lambda a, i=index: a[i], start_phi)
-        fitted, trace = fit_fn(jax.random.fold_in(key, start), theta, phi_batch, x[index])
-        valid = min(batch_size, n - start)
-        rows.append((jax.tree_util.tree_map(lambda a, v=valid: np.asarray(a)[:v], fitted), trace))
-    phi = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[r[0] for r in rows])
-    final_trace = np.concatenate(
-        [
-            np.asarray(t)[:, : min(batch_size, n - s)]
-            for (_, t), s in zip(rows, range(0, n, batch_size), strict=True)
-        ],
-        axis=1,
-    )
-    return phi, final_trace
+from vae_jax.local import encoder_outputs, fit_local_in_batches, make_fit_local
 
 
 def main(argv=None):
@@ -73,7 +51,7 @@ def main(argv=None):
     amortised = jax.tree_util.tree_map(np.asarray, encoder_outputs(model, phi, x))
     fit_semi = jax.jit(make_fit_local(model, args.semi_steps, args.learning_rate, num_samples=8))
     fit_star = jax.jit(make_fit_local(model, args.fit_steps, args.learning_rate, num_samples=8))
-    semi, _ = fit_in_batches(
+    semi, _ = fit_local_in_batches(
         fit_semi,
         jax.random.fold_in(key, 1),
         theta,
@@ -82,7 +60,7 @@ def main(argv=None):
         batch,
         f"semi-amortised ({args.semi_steps} steps)",
     )
-    star, trace = fit_in_batches(
+    star, trace = fit_local_in_batches(
         fit_star,
         jax.random.fold_in(key, 2),
         theta,

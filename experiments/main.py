@@ -31,7 +31,9 @@ from experiments import factory
 from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
 from vae_jax.evaluate import active_units, make_elbo_terms, make_log_p_x, map_dataset
+from vae_jax.local import fit_local_in_batches, make_fit_local, prior_phi
 from vae_jax.models import num_params
+from vae_jax.objectives import phi_axis
 from vae_jax.train import init_train_state, make_train_epoch, to_host
 
 CHECKPOINT = "checkpoint.msgpack"
@@ -56,10 +58,17 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     if path.exists():
         stored = _flatten(json.loads(path.read_text()))
         flat = _flatten(current)
+        # Keys added to the configs after a run was started did not exist for it;
+        # each new key defaults to the behaviour from before it existed.
+        added = sorted(set(flat) - set(stored))
+        if added:
+            print(
+                f"{workdir}: config keys newer than this run, at defaults: {added}", file=sys.stderr
+            )
         differing = sorted(
             k
             for k in set(stored) | set(flat)
-            if k not in RESUMABLE_CHANGES and stored.get(k) != flat.get(k)
+            if k not in RESUMABLE_CHANGES and k not in added and stored.get(k) != flat.get(k)
         )
         if differing:
             details = ", ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in differing)
@@ -119,9 +128,10 @@ def build_run(config: ml_collections.ConfigDict, num_train_examples: int, data_d
         raise ValueError(f"train.batch_size={batch_size} exceeds {num_train_examples} examples")
     objective_at_beta = factory.build_objective_at_beta(config, model)
     optimizer = factory.build_optimizer(config, steps_per_epoch)
+    local_optimizer = factory.build_local_optimizer(config)
     init_key = jax.random.split(jax.random.key(int(config.seed)))[0]
-    state = init_train_state(init_key, model, optimizer)
-    return model, objective_at_beta, optimizer, state, steps_per_epoch
+    state = init_train_state(init_key, model, optimizer, local_optimizer, num_train_examples)
+    return model, objective_at_beta, (optimizer, local_optimizer), state, steps_per_epoch
 
 
 def restore_run(workdir: str | Path):
@@ -153,7 +163,7 @@ def train_and_evaluate(
     workdir = Path(workdir)
     check_workdir(workdir, config)
     splits = factory.load_data(config)
-    model, objective_at_beta, optimizer, state, steps_per_epoch = build_run(
+    model, objective_at_beta, (optimizer, local_optimizer), state, steps_per_epoch = build_run(
         config, splits.train.shape[0], splits.train.shape[1]
     )
     batch_size = int(config.train.batch_size)
@@ -195,6 +205,7 @@ def train_and_evaluate(
             dynamic_binarization=dynamic,
             warmup_steps=int(config.objective.warmup_epochs) * steps_per_epoch,
             batch_sharding=parallel.batch_sharding(mesh),
+            local_optimizer=local_optimizer,
         ),
         donate_argnums=0,
     )
@@ -216,7 +227,10 @@ def train_and_evaluate(
         record = {"epoch": epoch + 1, "step": int(state.step), "seconds": seconds}
         record.update({f"train_{k}": v for k, v in train_metrics.items()})
         every = max(1, int(config.eval.valid_every_epochs))
-        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+        # A per-datapoint model has no encoder for validation images: its q's
+        # must be fitted, which is done once, for the test set, at the end.
+        amortised = local_optimizer is None
+        if amortised and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
             valid = map_dataset(elbo_terms, eval_key, state.theta, state.phi, x_valid, eval_batch)
             record.update({f"valid_{k}": v for k, v in _elbo_summary(valid).items()})
         if not np.isfinite(record["train_loss"]):
@@ -254,6 +268,23 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     theta, phi = state.theta, state.phi
     eval_batch = int(config.eval.batch_size)
     t0 = time.perf_counter()
+    if phi_axis(phi) == 0:
+        # No encoder: fit each test image's Gaussian q (theta fixed), from the prior.
+        fit = jax.jit(
+            make_fit_local(
+                model, int(config.eval.local_fit_steps), config.eval.local_learning_rate, 8
+            )
+        )
+        start = prior_phi(model, theta, x_test.shape[0])
+        phi, _ = fit_local_in_batches(
+            fit,
+            jax.random.fold_in(eval_key, 1),
+            theta,
+            start,
+            x_test,
+            eval_batch,
+            "fit q(z) on test",
+        )
     terms = map_dataset(jax.jit(make_elbo_terms(model)), eval_key, theta, phi, x_test, eval_batch)
     num_samples = int(num_samples or config.eval.num_importance_samples)
     sharding = parallel.batch_sharding(parallel.data_mesh())
@@ -276,7 +307,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         "active_units": active_units(terms["posterior_mean"]),
         "kl_per_dim": [float(v) for v in kl_per_dim],
         "num_params_theta": num_params(theta),
-        "num_params_phi": num_params(phi),
+        "num_params_phi": num_params(state.phi),  # the trained phi, not test fits
         "is_seconds": is_seconds,
         "eval_seconds": time.perf_counter() - t0,
         "jax_version": jax.__version__,

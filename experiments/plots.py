@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
+from vae_jax.objectives import phi_axis
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -43,7 +45,9 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
     written.append(workdir / "samples.png")
 
     x = jnp.asarray(x_test[:32])
-    q_z = jax.vmap(lambda xi: model.posterior(phi, xi))(x)
+    if phi_axis(phi) == 0:  # per-datapoint q's: the rows of these 32 images
+        phi = jax.tree_util.tree_map(lambda a: a[:32], phi)
+    q_z = jax.vmap(model.posterior, in_axes=(phi_axis(phi), 0))(phi, x)
     z = q_z.sample(posterior_key)
     recon = np.asarray(model.likelihood(theta, z).mean)
     pairs = np.stack([np.asarray(x), recon], axis=1).reshape(64, -1)  # image, reconstruction

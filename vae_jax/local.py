@@ -25,7 +25,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import make_elbo
@@ -110,3 +112,28 @@ def make_fit_local(
         return {"q_z": q_z}, trace_NxT.T
 
     return fit_local
+
+
+def fit_local_in_batches(fit_fn, key, theta, start_phi, x, batch_size, desc=None):
+    """Run a jitted ``fit_local`` over a dataset in fixed-size batches (one compile).
+
+    Batch b uses ``fold_in(key, first index of b)``; the last batch is padded.
+    Returns host arrays: per-datapoint phi [N, L] and the ELBO trace [T, N].
+    """
+    rows = []
+    n = x.shape[0]
+    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=desc is None):
+        index = np.minimum(np.arange(start, start + batch_size), n - 1)
+        phi_batch = jax.tree_util.tree_map(lambda a, i=index: a[i], start_phi)
+        fitted, trace = fit_fn(jax.random.fold_in(key, start), theta, phi_batch, x[index])
+        valid = min(batch_size, n - start)
+        rows.append((jax.tree_util.tree_map(lambda a, v=valid: np.asarray(a)[:v], fitted), trace))
+    phi = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[r[0] for r in rows])
+    final_trace = np.concatenate(
+        [
+            np.asarray(t)[:, : min(batch_size, n - s)]
+            for (_, t), s in zip(rows, range(0, n, batch_size), strict=True)
+        ],
+        axis=1,
+    )
+    return phi, final_trace

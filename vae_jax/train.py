@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from vae_jax.data import binarize
+from vae_jax.local import prior_phi
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import ObjectiveFn, batch_objective
 from vae_jax.parallel import constrain_batch
@@ -35,10 +36,36 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(
-    key: jax.Array, model: LatentVariableModel, optimizer: optax.GradientTransformation
+    key: jax.Array,
+    model: LatentVariableModel,
+    optimizer: optax.GradientTransformation,
+    local_optimizer: optax.GradientTransformation | None = None,
+    num_examples: int | None = None,
 ) -> TrainState:
+    """A fresh state. Amortised: one optimiser over ``(theta, phi)``.
+
+    Per-datapoint (``local_optimizer`` given): phi is ``{"q_z": [N, L] rows}``
+    started at the prior, ``optimizer`` updates theta, and every row has its own
+    ``local_optimizer`` state (``vmap(init)``), so a row's Adam moments only
+    change when its example is in the batch.
+    """
     theta, phi = model.init(key)
-    return TrainState(jnp.zeros((), jnp.int32), theta, phi, optimizer.init((theta, phi)))
+    step = jnp.zeros((), jnp.int32)
+    if local_optimizer is None:
+        return TrainState(step, theta, phi, optimizer.init((theta, phi)))
+    if not num_examples:
+        raise ValueError("per-datapoint phi needs num_examples (one q per training example)")
+    phi = prior_phi(model, theta, num_examples)
+    opt_state = {"theta": optimizer.init(theta), "q_z": jax.vmap(local_optimizer.init)(phi["q_z"])}
+    return TrainState(step, theta, phi, opt_state)
+
+
+def _rows(tree: Any, index_B: jax.Array) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[index_B], tree)
+
+
+def _set_rows(tree: Any, index_B: jax.Array, rows: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a, r: a.at[index_B].set(r), tree, rows)
 
 
 def linear_warmup(step: jax.Array, warmup_steps: int) -> jax.Array:
@@ -72,6 +99,7 @@ def make_train_epoch(
     dynamic_binarization: bool = True,
     warmup_steps: int = 0,
     batch_sharding: jax.sharding.Sharding | None = None,
+    local_optimizer: optax.GradientTransformation | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build ``train_epoch(state, train_key, epoch, x_NxD) -> (state, metrics)``.
 
@@ -84,13 +112,16 @@ def make_train_epoch(
     Args:
       objective_at_beta: ``beta -> objective_fn``; beta is the KL weight at the
         current step (1 unless ``warmup_steps > 0``).
-      optimizer: one optax transformation over the pair ``(theta, phi)``.
+      optimizer: one optax transformation over the pair ``(theta, phi)``, or
+        over theta alone when phi is per-datapoint.
       batch_size: B.
       num_examples: N, the training-set size (static).
       dynamic_binarization: draw x_bin ~ Bernoulli(x) afresh at every step.
       warmup_steps: length of the linear KL warm-up, in steps.
       batch_sharding: if given (``vae_jax.parallel.batch_sharding(mesh)``),
         each batch is split across the mesh's devices (data parallelism).
+      local_optimizer: for per-datapoint phi (non-amortised training, see
+        :func:`init_train_state`): the update applied to the batch's rows only.
 
     Returns:
       The epoch function; ``metrics`` are means over the epoch's steps.
@@ -99,8 +130,8 @@ def make_train_epoch(
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
 
-    def train_step(state: TrainState, x_BxD: jax.Array, step_root_key: jax.Array):
-        x_BxD = constrain_batch(x_BxD, batch_sharding)
+    def train_step(state: TrainState, index_B: jax.Array, x_NxD: jax.Array, step_root_key):
+        x_BxD = constrain_batch(x_NxD[index_B], batch_sharding)
         binarize_key, objective_key = jax.random.split(
             jax.random.fold_in(step_root_key, state.step)
         )
@@ -109,10 +140,28 @@ def make_train_epoch(
         beta = linear_warmup(state.step, warmup_steps)
         loss_fn = batch_objective(objective_at_beta(beta))
         grad_fn = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)
-        (loss, aux), grads = grad_fn(objective_key, state.theta, state.phi, x_BxD)
-        params = (state.theta, state.phi)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        theta, phi = optax.apply_updates(params, updates)
+        if local_optimizer is None:
+            (loss, aux), grads = grad_fn(objective_key, state.theta, state.phi, x_BxD)
+            params = (state.theta, state.phi)
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
+            theta, phi = optax.apply_updates(params, updates)
+        else:  # per-datapoint phi: the gradient reaches only the batch's rows
+            q_z_B = _rows(state.phi["q_z"], index_B)
+            (loss, aux), (g_theta, g_phi_B) = grad_fn(
+                objective_key, state.theta, {"q_z": q_z_B}, x_BxD
+            )
+            theta_updates, theta_opt = optimizer.update(
+                g_theta, state.opt_state["theta"], state.theta
+            )
+            theta = optax.apply_updates(state.theta, theta_updates)
+            local_B = _rows(state.opt_state["q_z"], index_B)
+            q_z_updates, local_B = jax.vmap(local_optimizer.update)(g_phi_B["q_z"], local_B, q_z_B)
+            q_z_B = optax.apply_updates(q_z_B, q_z_updates)
+            phi = {"q_z": _set_rows(state.phi["q_z"], index_B, q_z_B)}
+            opt_state = {
+                "theta": theta_opt,
+                "q_z": _set_rows(state.opt_state["q_z"], index_B, local_B),
+            }
         return TrainState(state.step + 1, theta, phi, opt_state), {
             "loss": loss,
             "beta": beta,
@@ -126,9 +175,10 @@ def make_train_epoch(
             )
         shuffle_key, step_root_key = jax.random.split(train_key)
         order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
-        batches = x_NxD[order[: steps_per_epoch * batch_size]]
-        batches = batches.reshape(steps_per_epoch, batch_size, x_NxD.shape[1])
-        state, metrics = jax.lax.scan(lambda s, x: train_step(s, x, step_root_key), state, batches)
+        index_SxB = order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+        state, metrics = jax.lax.scan(
+            lambda s, index_B: train_step(s, index_B, x_NxD, step_root_key), state, index_SxB
+        )
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
     return train_epoch

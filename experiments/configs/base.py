@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.activation = "tanh"
     config.model.likelihood = "bernoulli"
     config.model.prior = "standard_normal"
+    # "amortised": phi = encoder weights; "per_datapoint": phi = one (loc, log_scale) per
+    # training image, trained with theta (a VAE with no encoder; test q's are fitted).
+    config.model.inference = "amortised"
 
     config.objective = ml_collections.ConfigDict()
     config.objective.name = "elbo"  # "elbo" | "iwae"
@@ -41,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-8
     config.optimizer.schedule = "constant"  # "constant" | "iwae" (3^i epochs at lr 10^(-i/7))
+    config.optimizer.local_learning_rate = 1e-2  # Adam per datapoint (per_datapoint inference)
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10
@@ -53,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 100
     config.eval.valid_every_epochs = 1
     config.eval.plots = True
+    config.eval.local_fit_steps = 300  # per_datapoint models: fit_local steps per test image
+    config.eval.local_learning_rate = 1e-2
     return config
 
 
@@ -65,4 +71,5 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.eval.num_importance_samples = 50
     config.eval.chunk_size = 25
     config.eval.batch_size = 50
+    config.eval.local_fit_steps = 20
     return config
