@@ -75,9 +75,10 @@ def main(argv=None):
         name: map_dataset(elbo_terms, key, theta, p, x, batch)["elbo"]
         for name, p in (("q_phi", phi), ("q_semi", semi), ("q_star", star))
     }
-    log_p_x_fn = jax.jit(make_log_p_x(model, args.num_samples, 500))
-    is_phi = map_dataset(log_p_x_fn, key, theta, phi, x, batch, f"IS-{args.num_samples} q_phi")
-    is_star = map_dataset(log_p_x_fn, key, theta, star, x, batch, f"IS-{args.num_samples} q*")
+    log_p_x_fn = jax.jit(make_log_p_x(model, args.num_samples, int(config.eval.chunk_size)))
+    is_batch = int(config.eval.is_batch_size)
+    is_phi = map_dataset(log_p_x_fn, key, theta, phi, x, is_batch, f"IS-{args.num_samples} q_phi")
+    is_star = map_dataset(log_p_x_fn, key, theta, star, x, is_batch, f"IS-{args.num_samples} q*")
     log_p_x = np.maximum(is_phi, is_star)
 
     results = {

@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from experiments import factory
+from experiments.configs.base import base_config
 from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
 from vae_jax.evaluate import active_units, make_elbo_terms, make_log_p_x, map_dataset
@@ -134,13 +135,22 @@ def build_run(config: ml_collections.ConfigDict, num_train_examples: int, data_d
     return model, objective_at_beta, (optimizer, local_optimizer), state, steps_per_epoch
 
 
+def _merge(config: ml_collections.ConfigDict, stored: dict) -> None:
+    for key, value in stored.items():
+        if isinstance(value, dict) and key in config:
+            _merge(config[key], value)
+        else:
+            config[key] = tuple(value) if isinstance(value, list) else value
+
+
 def restore_run(workdir: str | Path):
     """(config, model, state, completed_epochs) of the run saved in ``workdir``."""
     workdir = Path(workdir)
     for name in ("config.json", CHECKPOINT):
         if not (workdir / name).exists():
             raise FileNotFoundError(f"{workdir} holds no run: {name} is missing")
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config = base_config()  # keys newer than the run keep their defaults
+    _merge(config, json.loads((workdir / "config.json").read_text()))
     splits = factory.load_data(config)
     model, _, _, state, _ = build_run(config, splits.train.shape[0], splits.train.shape[1])
     saved = checkpoint.restore(workdir / CHECKPOINT, {"epoch": 0, "state": state})
@@ -191,6 +201,7 @@ def train_and_evaluate(
     mesh = parallel.data_mesh()
     parallel.check_divisible(batch_size, mesh.size, "train.batch_size")
     parallel.check_divisible(int(config.eval.batch_size), mesh.size, "eval.batch_size")
+    parallel.check_divisible(int(config.eval.is_batch_size), mesh.size, "eval.is_batch_size")
     state = parallel.replicate(state, mesh)
     metrics_path = workdir / "metrics.jsonl"
     history = _read_metrics(metrics_path, completed)
@@ -293,7 +304,13 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     )
     is_start = time.perf_counter()
     log_p_x = map_dataset(
-        log_p_x_fn, eval_key, theta, phi, x_test, eval_batch, description=f"IS-{num_samples}"
+        log_p_x_fn,
+        eval_key,
+        theta,
+        phi,
+        x_test,
+        int(config.eval.is_batch_size),
+        description=f"IS-{num_samples}",
     )
     is_seconds = time.perf_counter() - is_start
     kl_per_dim = np.mean(terms["kl_per_dim"], axis=0)
