@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from experiments import evaluate as rescore
 from experiments import inference_gap
 from experiments.configs import default, iwae_1layer, kingma_welling
@@ -95,3 +97,56 @@ def test_readme_example_runs_as_written():
     assert "['theta']['p_x_given_z']['hidden_0']['kernel'] (20, 500)" in result.stdout
     assert "['phi']['q_z_given_x']['log_scale']['kernel'] (500, 20)" in result.stdout
     assert "ELBO" in result.stdout and "IS-5000" in result.stdout
+
+
+def _smoke(tmp_path, **overrides):
+    config = default.get_config("smoke")
+    config.eval.plots = False
+    for dotted, value in overrides.items():
+        section, name = dotted.split("__")
+        config[section][name] = value
+    return train_and_evaluate(config, tmp_path), [
+        json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_iwae_objective_trains(tmp_path):
+    results, lines = _smoke(tmp_path, objective__name="iwae", objective__num_samples=5)
+    assert "train_iwae_bound" in lines[0]
+    assert lines[-1]["train_iwae_bound"] > lines[0]["train_iwae_bound"]
+    assert lines[-1]["train_iwae_bound"] >= lines[-1]["train_elbo"]  # the tighter bound
+    assert math.isfinite(results["test_nll"])
+
+
+def test_kl_warmup_ramps_beta_linearly(tmp_path):
+    _, lines = _smoke(tmp_path, objective__warmup_epochs=4, train__epochs=2)
+    # 10 steps per epoch, 40 warm-up steps: epoch means of beta_t = t / 40
+    assert math.isclose(lines[0]["train_beta"], np.mean(np.arange(10) / 40), rel_tol=1e-6)
+    assert math.isclose(lines[1]["train_beta"], np.mean(np.arange(10, 20) / 40), rel_tol=1e-6)
+    # the loss is the beta-weighted bound, the logged ELBO is not
+    first = lines[0]
+    assert math.isclose(
+        first["train_loss"],
+        -(first["train_reconstruction"] - first["train_beta"] * first["train_kl"]),
+        rel_tol=1e-2,
+    )
+
+
+def test_static_binarisation_trains_on_fixed_saved_bits(tmp_path):
+    _, _ = _smoke(tmp_path, data__binarization="static")
+    bits = np.load(tmp_path / "train_bits.npy")
+    assert bits.shape == (500, 784) and set(np.unique(bits)) == {0.0, 1.0}
+
+
+def test_a_tfds_dataset_runs_end_to_end(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=120):
+        results, lines = _smoke(
+            tmp_path,
+            data__source="tfds",
+            data__tfds_name="fashion_mnist",
+            data__tfds_splits=("train", "train", "test"),
+            data__max_train_examples=100,
+        )
+    assert results["test_examples"] == 120 and len(lines) == 2
