@@ -31,7 +31,14 @@ from experiments import factory
 from experiments.configs.base import base_config
 from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
-from vae_jax.evaluate import active_units, make_elbo_terms, make_log_p_x, map_dataset
+from vae_jax.evaluate import (
+    active_units,
+    aggregate_posterior_moments,
+    make_elbo_terms,
+    make_log_p_x,
+    make_posterior_moment_sums,
+    map_dataset,
+)
 from vae_jax.local import fit_local_in_batches, make_fit_local, prior_phi
 from vae_jax.models import num_params
 from vae_jax.objectives import phi_axis
@@ -314,6 +321,9 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     )
     is_seconds = time.perf_counter() - is_start
     kl_per_dim = np.mean(terms["kl_per_dim"], axis=0)
+    aggregate = aggregate_posterior_moments(
+        jax.jit(make_posterior_moment_sums(model)), phi, x_test, eval_batch
+    )
     results = {
         "test_nll": float(-np.mean(log_p_x)),
         "num_importance_samples": num_samples,
@@ -323,6 +333,13 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         "test_reconstruction": float(np.mean(terms["reconstruction"])),
         "active_units": active_units(terms["posterior_mean"]),
         "kl_per_dim": [float(v) for v in kl_per_dim],
+        # <q(z|x)>_test: per-dim mean and variance (law of total variance), and the
+        # KL from the moment-matched Gaussian to N(0, I) (0 = moments match the prior)
+        "aggregate_posterior_mean": [float(v) for v in aggregate["mean"]],
+        "aggregate_posterior_variance": [float(v) for v in aggregate["variance"]],
+        "aggregate_posterior_kl_to_standard_normal": aggregate[
+            "kl_moment_matched_to_standard_normal"
+        ],
         "num_params_theta": num_params(theta),
         "num_params_phi": num_params(state.phi),  # the trained phi, not test fits
         "is_seconds": is_seconds,
@@ -348,6 +365,10 @@ def summary_table(results: dict, workdir: Path) -> str:
         ("test reconstruction E_q log p(x|z)", results["test_reconstruction"]),
         ("test KL(q(z|x) || p(z))", results["test_kl"]),
         ("active units", results["active_units"]),
+        (
+            "KL(aggregate posterior moments || N(0,I))",
+            results["aggregate_posterior_kl_to_standard_normal"],
+        ),
         ("seconds per epoch (median)", results["seconds_per_epoch"]),
         ("IS evaluation seconds", results["is_seconds"]),
         ("epochs", results["epochs"]),

@@ -45,6 +45,8 @@ def test_smoke_run_writes_results_and_figures(tmp_path):
         results["test_elbo"], results["test_reconstruction"] - results["test_kl"], rel_tol=1e-5
     )
     assert len(results["kl_per_dim"]) == 2 and 0 <= results["active_units"] <= 2
+    assert len(results["aggregate_posterior_variance"]) == 2
+    assert results["aggregate_posterior_kl_to_standard_normal"] >= 0
     assert results["num_importance_samples"] == 50 and results["test_examples"] == 200
     for name in ("samples.png", "reconstructions.png", "manifold.png"):
         assert (tmp_path / name).stat().st_size > 1000

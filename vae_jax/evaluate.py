@@ -112,3 +112,49 @@ def map_dataset(
 def active_units(posterior_mean_NxL: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Number of d with Cov_x(E_q[z_d | x]) > threshold."""
     return int(np.sum(np.var(posterior_mean_NxL, axis=0) > threshold))
+
+
+def make_posterior_moment_sums(model: LatentVariableModel) -> Callable:
+    """``(phi, x_BxD, valid_B) -> sums`` of mu, mu^2 and sigma^2 over valid examples."""
+
+    def sums(phi, x_BxD, valid_B):
+        q_z = jax.vmap(model.posterior, in_axes=(phi_axis(phi), 0))(phi, x_BxD)
+        w = valid_B.astype(q_z.loc.dtype)[:, None]
+        return {
+            "mu": jnp.sum(w * q_z.loc, axis=0),
+            "mu_sq": jnp.sum(w * q_z.loc**2, axis=0),
+            "var": jnp.sum(w * q_z.variance, axis=0),
+        }
+
+    return sums
+
+
+def aggregate_posterior_moments(
+    sums_fn: Callable, phi: Phi, x_NxD: np.ndarray, batch_size: int = 500
+) -> dict:
+    """Moments of the aggregate posterior q(z) = (1/N) sum_n q(z | x_n), per latent dim.
+
+        mean_d = E_x[mu_d(x)]
+        var_d  = E_x[sigma_d^2(x)] + Var_x[mu_d(x)]        (law of total variance)
+
+    Streams the data in batches through the jitted ``sums_fn``
+    (:func:`make_posterior_moment_sums`) and accumulates in float64.
+    Returns ``{"mean": [L], "variance": [L], "kl_moment_matched_to_standard_normal"}``,
+    the last being KL(N(mean, diag(var)) || N(0, I)): zero exactly when the
+    aggregate posterior's first two moments match the standard prior's.
+    """
+    n = x_NxD.shape[0]
+    totals = None
+    for start in range(0, n, batch_size):
+        index = np.arange(start, start + batch_size)
+        rows = np.minimum(index, n - 1)
+        phi_batch = (
+            phi if phi_axis(phi) is None else jax.tree_util.tree_map(lambda a, r=rows: a[r], phi)
+        )
+        out = sums_fn(phi_batch, jnp.asarray(x_NxD[rows]), jnp.asarray(index < n))
+        out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+        totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
+    mean = totals["mu"] / n
+    variance = totals["var"] / n + (totals["mu_sq"] / n - mean**2)
+    kl = 0.5 * np.sum(variance + mean**2 - 1.0 - np.log(variance))
+    return {"mean": mean, "variance": variance, "kl_moment_matched_to_standard_normal": float(kl)}
