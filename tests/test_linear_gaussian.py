@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PPCA_L as L
 
 from vae_jax import linear_gaussian as lg
 from vae_jax.distributions import DiagonalGaussian
@@ -14,15 +15,10 @@ from vae_jax.objectives import (
     make_log_marginal_likelihood,
 )
 
-D, L = 12, 3
-
 
 @pytest.fixture
-def bed():
-    model = lg.make_linear_gaussian(D, L)
-    theta = lg.init_orthogonal_theta(jax.random.key(0), D, L, noise_scale=0.7)
-    x_NxD = jax.random.normal(jax.random.key(1), (8, D)) * 1.5
-    return model, theta, x_NxD
+def bed(ppca):
+    return ppca
 
 
 def _perturbed_phi(phi, key, size):

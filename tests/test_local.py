@@ -67,11 +67,9 @@ def test_unsliced_per_datapoint_phi_is_a_clear_error():
 
 
 @pytest.fixture
-def bed():
-    model = lg.make_linear_gaussian(D, L)
-    theta = lg.init_orthogonal_theta(jax.random.key(0), D, L, noise_scale=0.7)
-    x = jax.random.normal(jax.random.key(1), (6, D)) * 1.5
-    return model, theta, x
+def bed(ppca):
+    model, theta, x = ppca
+    return model, theta, x[:6]
 
 
 def test_fit_local_from_the_prior_finds_the_exact_posterior(bed):
