@@ -6,6 +6,7 @@ Library code (``vae_jax``) takes plain arguments; only this module reads
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 import numpy as np
 import optax
@@ -38,6 +39,7 @@ def build_model(config: ml_collections.ConfigDict, data_dim: int) -> LatentVaria
         activation=m.activation,
         likelihood=m.likelihood,
         prior=m.prior,
+        prior_components=int(m.prior_components),
     )
 
 
@@ -66,8 +68,26 @@ def build_optimizer(
     else:
         learning_rate = o.learning_rate
     if _choose(o.name, OPTIMIZERS, "optimizer") == "adam":
-        return optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
-    return optax.adagrad(learning_rate)
+        optimizer = optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+    else:
+        optimizer = optax.adagrad(learning_rate)
+    if config.model.freeze_prior:
+        # Zero the prior's gradients before the optimiser: its parameters never move.
+        optimizer = optax.chain(optax.masked(optax.set_to_zero(), prior_mask), optimizer)
+    return optimizer
+
+
+def prior_mask(params):
+    """True on the leaves of theta["p_z"]; params is (theta, phi) or theta alone."""
+    theta = params[0] if isinstance(params, tuple) else params
+
+    def mark(tree, value):
+        return jax.tree_util.tree_map(lambda _: value, tree)
+
+    masked_theta = {k: mark(v, k == "p_z") for k, v in theta.items()}
+    if isinstance(params, tuple):
+        return (masked_theta, mark(params[1], False))
+    return masked_theta
 
 
 def build_local_optimizer(config: ml_collections.ConfigDict):

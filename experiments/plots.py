@@ -37,7 +37,7 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
     prior_key, posterior_key = jax.random.split(key)
     written = []
 
-    z_64xL = model.prior(theta).sample(prior_key, (64,))
+    z_64xL = model.prior(theta, phi).sample(prior_key, (64,))
     samples = np.asarray(model.likelihood(theta, z_64xL).mean)
     _save(
         workdir / "samples.png", _grid(samples, 8, 8, side), "64 samples from p(z), decoded (means)"

@@ -141,7 +141,36 @@ class Bernoulli(NamedTuple):
         return jax.random.bernoulli(key, probs, shape).astype(self.logits.dtype)
 
 
-Distribution = DiagonalGaussian | StandardNormal | Bernoulli
+class MixtureOfDiagonalGaussians(NamedTuple):
+    """sum_k w_k N(loc_k, diag(exp(log_scale_k))^2), w = softmax(logits).
+
+    Shapes: ``logits`` [K], ``loc`` and ``log_scale`` [K, L]. ``log_prob`` is a
+    logsumexp over components. No analytic KL to or from it exists, so
+    objectives estimate KL by Monte Carlo (``kl="auto"`` picks that).
+    """
+
+    logits: jax.Array
+    loc: jax.Array
+    log_scale: jax.Array
+
+    @property
+    def mean(self) -> jax.Array:
+        return jax.nn.softmax(self.logits) @ self.loc
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        z_xKxL = jnp.expand_dims(z, -2)  # [..., 1, L] against the K components
+        z_xKxL, loc, log_scale = jnp.broadcast_arrays(z_xKxL, self.loc, self.log_scale)
+        log_components = DiagonalGaussian(loc, log_scale).log_prob(z_xKxL)  # [..., K]
+        log_weights = jnp.broadcast_to(jax.nn.log_softmax(self.logits), log_components.shape)
+        return jax.nn.logsumexp(log_weights + log_components, axis=-1)
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        component_key, gaussian_key = jax.random.split(key)
+        k = jax.random.categorical(component_key, self.logits, shape=tuple(sample_shape))
+        return DiagonalGaussian(self.loc[k], self.log_scale[k]).sample(gaussian_key)
+
+
+Distribution = DiagonalGaussian | StandardNormal | Bernoulli | MixtureOfDiagonalGaussians
 
 
 def kl_divergence_per_dim(q: DiagonalGaussian, p: DiagonalGaussian | StandardNormal) -> jax.Array:

@@ -36,11 +36,11 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
     Keys: ``elbo``, ``reconstruction``, ``kl`` [B]; ``kl_per_dim`` and
     ``posterior_mean`` [B, L] (``kl_per_dim`` is NaN without an analytic KL).
     """
-    elbo_fn = make_elbo(model, num_samples=num_samples, kl="analytic")
+    elbo_fn = make_elbo(model, num_samples=num_samples, kl="auto")
 
     def terms(key, theta, phi, x, index):
         _, aux = elbo_fn(jax.random.fold_in(key, index), theta, phi, x)
-        q_z, p_z = model.posterior(phi, x), model.prior(theta)
+        q_z, p_z = model.posterior(phi, x), model.prior(theta, phi)
         if has_analytic_kl(q_z, p_z):
             kl_per_dim = kl_divergence_per_dim(q_z, p_z)
         else:

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from vae_jax.distributions import DiagonalGaussian, StandardNormal
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import make_elbo
 
@@ -50,6 +51,11 @@ def encoder_outputs(model: LatentVariableModel, phi: Phi, x_NxD: jax.Array) -> P
 def prior_phi(model: LatentVariableModel, theta: Theta, num_examples: int) -> Phi:
     """Per-datapoint phi with every q_i set to the prior (a Gaussian prior)."""
     p_z = model.prior(theta)
+    if not isinstance(p_z, DiagonalGaussian | StandardNormal):
+        raise ValueError(
+            "per-datapoint q's start at the prior, which must be Gaussian; "
+            f"got {type(p_z).__name__}"
+        )
     shape = (num_examples, model.latent_dim)
     return per_datapoint_phi(
         jnp.broadcast_to(p_z.loc, shape), jnp.broadcast_to(p_z.log_scale, shape)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae_jax.distributions import DiagonalGaussian, StandardNormal
+from vae_jax.distributions import DiagonalGaussian, MixtureOfDiagonalGaussians, StandardNormal
 from vae_jax.networks import Component, make_bernoulli_mlp, make_gaussian_mlp
 
 Theta = dict[str, Any]
@@ -46,9 +46,10 @@ class LatentVariableModel(NamedTuple):
         phi = {"q_z_given_x": self.q_z_given_x.init(q_z_key)}
         return theta, phi
 
-    def prior(self, theta: Theta):
-        """p_theta(z)."""
-        return self.p_z.apply(theta["p_z"])
+    def prior(self, theta: Theta, phi: Phi | None = None):
+        """p_theta(z). Only the VampPrior reads ``phi``: its mixture components are
+        the encoder's posteriors at learned pseudo-inputs, q_phi(z | u_k)."""
+        return self.p_z.apply(theta["p_z"], phi)
 
     def likelihood(self, theta: Theta, z: jax.Array):
         """p_theta(x | z); ``z`` may carry leading sample axes."""
@@ -82,7 +83,7 @@ class LatentVariableModel(NamedTuple):
 
 def make_standard_normal_prior(latent_dim: int) -> Component:
     """p(z) = N(0, I): no parameters, so ``theta["p_z"] == {}``."""
-    return Component(init=lambda key: {}, apply=lambda tree: StandardNormal(latent_dim))
+    return Component(init=lambda key: {}, apply=lambda tree, phi=None: StandardNormal(latent_dim))
 
 
 def make_learned_gaussian_prior(latent_dim: int) -> Component:
@@ -92,13 +93,53 @@ def make_learned_gaussian_prior(latent_dim: int) -> Component:
         del key  # deterministic start at the standard normal
         return {"loc": jnp.zeros((latent_dim,)), "log_scale": jnp.zeros((latent_dim,))}
 
-    return Component(init, lambda tree: DiagonalGaussian(tree["loc"], tree["log_scale"]))
+    return Component(init, lambda tree, phi=None: DiagonalGaussian(tree["loc"], tree["log_scale"]))
 
 
-PRIORS = {
-    "standard_normal": make_standard_normal_prior,
-    "learned_gaussian": make_learned_gaussian_prior,
-}
+def make_mixture_prior(latent_dim: int, num_components: int) -> Component:
+    """p_theta(z) = sum_k softmax(logits)_k N(loc_k, diag(exp(log_scale_k))^2).
+
+    Means start spread as N(0, I) draws, scales at 1, weights equal.
+    """
+
+    def init(key: jax.Array) -> dict:
+        return {
+            "logits": jnp.zeros((num_components,)),
+            "loc": jax.random.normal(key, (num_components, latent_dim)),
+            "log_scale": jnp.zeros((num_components, latent_dim)),
+        }
+
+    def apply(tree: dict, phi=None) -> MixtureOfDiagonalGaussians:
+        return MixtureOfDiagonalGaussians(tree["logits"], tree["loc"], tree["log_scale"])
+
+    return Component(init, apply)
+
+
+def make_vampprior(encoder: Component, data_dim: int, num_pseudo_inputs: int) -> Component:
+    """VampPrior (Tomczak & Welling 2018, eq. 9): p(z) = (1/K) sum_k q_phi(z | u_k).
+
+    The pseudo-inputs u_k [K, D] live in theta["p_z"]; the encoder that maps them
+    to mixture components is phi's. So the prior's density is a function of
+    (theta, phi), and ``apply`` takes phi explicitly: the sharing is visible.
+    Pseudo-inputs start as uniform draws in [0, 1), like pixel intensities.
+    """
+
+    def init(key: jax.Array) -> dict:
+        return {"pseudo_inputs": jax.random.uniform(key, (num_pseudo_inputs, data_dim))}
+
+    def apply(tree: dict, phi=None) -> MixtureOfDiagonalGaussians:
+        if phi is None or "q_z_given_x" not in phi:
+            raise ValueError(
+                "the VampPrior is built from the amortised encoder q_phi(z|u_k): it needs "
+                "phi = {'q_z_given_x': ...}, not per-datapoint phi"
+            )
+        q_u = encoder.apply(phi["q_z_given_x"], tree["pseudo_inputs"])  # [K, L]
+        return MixtureOfDiagonalGaussians(jnp.zeros((num_pseudo_inputs,)), q_u.loc, q_u.log_scale)
+
+    return Component(init, apply)
+
+
+PRIORS = ("standard_normal", "learned_gaussian", "mixture_of_gaussians", "vampprior")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -110,6 +151,7 @@ def make_vae(
     likelihood: str = "bernoulli",
     prior: str = "standard_normal",
     decoder_hidden_sizes: tuple[int, ...] | None = None,
+    prior_components: int = 10,
 ) -> LatentVariableModel:
     """The appendix-C VAE: Gaussian MLP encoder (C.2) and a Bernoulli (C.1) or
     Gaussian (C.2) MLP decoder.
@@ -121,7 +163,8 @@ def make_vae(
         unless ``decoder_hidden_sizes`` is given.
       activation: hidden non-linearity, ``"tanh"`` in the paper.
       likelihood: ``"bernoulli"`` for binary data, ``"gaussian"`` for real data.
-      prior: a key of ``PRIORS``.
+      prior: one of ``PRIORS``.
+      prior_components: K, mixture components or VampPrior pseudo-inputs.
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
@@ -129,11 +172,20 @@ def make_vae(
         raise ValueError(f"unknown prior {prior!r}; choose one of {sorted(PRIORS)}")
     if decoder_hidden_sizes is None:
         decoder_hidden_sizes = tuple(reversed(tuple(hidden_sizes)))
+    if prior in ("mixture_of_gaussians", "vampprior") and int(prior_components) < 1:
+        raise ValueError(f"prior_components must be >= 1, got {prior_components}")
     make_decoder = make_bernoulli_mlp if likelihood == "bernoulli" else make_gaussian_mlp
+    encoder = make_gaussian_mlp(data_dim, latent_dim, hidden_sizes, activation)
+    p_z = {
+        "standard_normal": lambda: make_standard_normal_prior(latent_dim),
+        "learned_gaussian": lambda: make_learned_gaussian_prior(latent_dim),
+        "mixture_of_gaussians": lambda: make_mixture_prior(latent_dim, int(prior_components)),
+        "vampprior": lambda: make_vampprior(encoder, data_dim, int(prior_components)),
+    }[prior]()
     return LatentVariableModel(
-        p_z=PRIORS[prior](latent_dim),
+        p_z=p_z,
         p_x_given_z=make_decoder(latent_dim, data_dim, decoder_hidden_sizes, activation),
-        q_z_given_x=make_gaussian_mlp(data_dim, latent_dim, hidden_sizes, activation),
+        q_z_given_x=encoder,
         data_dim=data_dim,
         latent_dim=latent_dim,
     )

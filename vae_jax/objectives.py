@@ -25,13 +25,13 @@ from vae_jax.distributions import has_analytic_kl, kl_divergence
 from vae_jax.models import LatentVariableModel, Phi, Theta
 
 ObjectiveFn = Callable[[jax.Array, Theta, Phi, jax.Array], tuple[jax.Array, dict]]
-KL_ESTIMATORS = ("analytic", "sample")
+KL_ESTIMATORS = ("auto", "analytic", "sample")
 
 
 def make_elbo(
     model: LatentVariableModel,
     num_samples: int = 1,
-    kl: str = "analytic",
+    kl: str = "auto",
     beta: float | jax.Array = 1.0,
 ) -> ObjectiveFn:
     """The reparameterised ELBO of Kingma & Welling 2013, eq. 7 (analytic KL)
@@ -46,9 +46,11 @@ def make_elbo(
     Args:
       model: the components.
       num_samples: S, reparameterised samples per example.
-      kl: ``"analytic"`` (closed form, needs a Gaussian pair) or ``"sample"``
-        (the S-sample estimate of E_q[log q(z|x) - log p(z)]). Both are
-        unbiased for the same ELBO.
+      kl: ``"analytic"`` (closed form, needs a Gaussian pair), ``"sample"``
+        (the S-sample estimate of E_q[log q(z|x) - log p(z)]), or ``"auto"``:
+        analytic where a closed form exists (Gaussian priors), sampled otherwise
+        (mixture and VampPrior). Both are unbiased for the same ELBO;
+        ``aux["kl_is_analytic"]`` says which was used.
       beta: weight on the KL term in ``value``; may be a traced scalar.
     """
     if kl not in KL_ESTIMATORS:
@@ -58,10 +60,11 @@ def make_elbo(
 
     def elbo(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> tuple[jax.Array, dict]:
         q_z = model.posterior(phi, x)
-        p_z = model.prior(theta)
+        p_z = model.prior(theta, phi)
         z_SxL = q_z.sample(key, (num_samples,))
         reconstruction = jnp.mean(model.likelihood(theta, z_SxL).log_prob(x))
-        if kl == "analytic":
+        analytic = kl == "analytic" or (kl == "auto" and has_analytic_kl(q_z, p_z))
+        if analytic:
             if not has_analytic_kl(q_z, p_z):
                 raise ValueError(
                     f"no analytic KL for {type(q_z).__name__} || {type(p_z).__name__}; "
@@ -70,7 +73,12 @@ def make_elbo(
             kl_term = kl_divergence(q_z, p_z)
         else:
             kl_term = jnp.mean(q_z.log_prob(z_SxL) - p_z.log_prob(z_SxL))
-        aux = {"elbo": reconstruction - kl_term, "reconstruction": reconstruction, "kl": kl_term}
+        aux = {
+            "elbo": reconstruction - kl_term,
+            "reconstruction": reconstruction,
+            "kl": kl_term,
+            "kl_is_analytic": jnp.asarray(float(analytic)),
+        }
         return reconstruction - beta * kl_term, aux
 
     return elbo
@@ -86,12 +94,14 @@ def log_importance_weights(
 ) -> jax.Array:
     """log w_s = log p(x, z_s) - log q(z_s | x), z_s ~ q(z|x); shape [S]."""
     q_z = model.posterior(phi, x)
-    return _log_weights(key, model, theta, q_z, x, num_samples)
+    return _log_weights(key, model, theta, phi, q_z, x, num_samples)
 
 
-def _log_weights(key, model, theta, q_z, x, num_samples):
+def _log_weights(key, model, theta, phi, q_z, x, num_samples):
     z_SxL = q_z.sample(key, (num_samples,))
-    log_joint_S = model.prior(theta).log_prob(z_SxL) + model.likelihood(theta, z_SxL).log_prob(x)
+    log_joint_S = model.prior(theta, phi).log_prob(z_SxL) + model.likelihood(theta, z_SxL).log_prob(
+        x
+    )
     return log_joint_S - q_z.log_prob(z_SxL)
 
 
@@ -147,7 +157,7 @@ def make_log_marginal_likelihood(
             # of size num_chunks is ever allocated.
             running_logsumexp, chunk_index = carry
             log_w_C = _log_weights(
-                jax.random.fold_in(key, chunk_index), model, theta, q_z, x, chunk_size
+                jax.random.fold_in(key, chunk_index), model, theta, phi, q_z, x, chunk_size
             )
             valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
             chunk_logsumexp = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))

@@ -26,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.hidden_sizes = (500,)
     config.model.activation = "tanh"
     config.model.likelihood = "bernoulli"
-    config.model.prior = "standard_normal"
+    config.model.prior = "standard_normal"  # | learned_gaussian | mixture_of_gaussians | vampprior
+    config.model.prior_components = 10  # K: mixture components or VampPrior pseudo-inputs
+    config.model.freeze_prior = False  # exclude theta["p_z"] from the optimiser
     # "amortised": phi = encoder weights; "per_datapoint": phi = one (loc, log_scale) per
     # training image, trained with theta (a VAE with no encoder; test q's are fitted).
     config.model.inference = "amortised"
@@ -34,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.objective = ml_collections.ConfigDict()
     config.objective.name = "elbo"  # "elbo" | "iwae"
     config.objective.num_samples = 1
-    config.objective.kl = "analytic"  # "analytic" | "sample" (ELBO only)
+    config.objective.kl = "auto"  # "auto" (analytic if it exists) | "analytic" | "sample"
     config.objective.warmup_epochs = 0  # linear KL warm-up, ELBO only
 
     config.optimizer = ml_collections.ConfigDict()
