@@ -19,18 +19,7 @@ from vae_jax.objectives import make_elbo, make_iwae_bound, make_log_marginal_lik
 D, L = 12, 3
 
 
-def _perturbed(phi, key, size):
-    tree = phi["q_z_given_x"]
-    loc_key, scale_key = jax.random.split(key)
-    return {
-        "q_z_given_x": {
-            "loc": {
-                "kernel": tree["loc"]["kernel"],
-                "bias": tree["loc"]["bias"] + size * jax.random.normal(loc_key, (L,)),
-            },
-            "log_scale": tree["log_scale"] + size * jnp.abs(jax.random.normal(scale_key, (L,))),
-        }
-    }
+_perturbed = lg.perturbed_posterior_phi
 
 
 def main():

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PPCA_L as L
 
 from vae_jax import linear_gaussian as lg
 from vae_jax.distributions import DiagonalGaussian
@@ -22,21 +21,7 @@ def bed(ppca):
 
 
 def _perturbed_phi(phi, key, size):
-    """An encoder that is wrong by a controlled amount: shifted and wider.
-
-    (A q narrower than the posterior makes importance weights heavy-tailed;
-    that is a property of IS, not of this code, so the tests avoid it.)"""
-    tree = phi["q_z_given_x"]
-    loc_key, scale_key = jax.random.split(key)
-    return {
-        "q_z_given_x": {
-            "loc": {
-                "kernel": tree["loc"]["kernel"],
-                "bias": tree["loc"]["bias"] + size * jax.random.normal(loc_key, (L,)),
-            },
-            "log_scale": tree["log_scale"] + size * jnp.abs(jax.random.normal(scale_key, (L,))),
-        }
-    }
+    return lg.perturbed_posterior_phi(phi, key, size)
 
 
 def test_exact_posterior_phi_reproduces_the_closed_form_posterior(bed):

@@ -138,3 +138,26 @@ def closed_form_elbo(theta: Theta, q_z: DiagonalGaussian, x: jax.Array) -> jax.A
     trace_term = jnp.sum(jnp.sum(w_DxL**2, axis=0) * q_z.variance) / (2.0 * s2)
     prior = DiagonalGaussian(jnp.zeros_like(q_z.loc), jnp.zeros_like(q_z.loc))
     return log_lik_at_mean - trace_term - kl_divergence(q_z, prior)
+
+
+def perturbed_posterior_phi(phi: Phi, key: jax.Array, size: float) -> Phi:
+    """The exact-posterior encoder made wrong by a controlled amount.
+
+    Shifts the mean by ``size * N(0, 1)`` per latent dim and widens sigma by a
+    factor exp(size * |N(0, 1)|). Widening, not narrowing, keeps importance
+    weights light-tailed: a q narrower than the posterior makes IS estimates
+    heavy-tailed, a property of IS that tests of this code should not mix in.
+    """
+    tree = phi["q_z_given_x"]
+    loc_key, scale_key = jax.random.split(key)
+    latent_dim = tree["log_scale"].shape[-1]
+    return {
+        "q_z_given_x": {
+            "loc": {
+                "kernel": tree["loc"]["kernel"],
+                "bias": tree["loc"]["bias"] + size * jax.random.normal(loc_key, (latent_dim,)),
+            },
+            "log_scale": tree["log_scale"]
+            + size * jnp.abs(jax.random.normal(scale_key, (latent_dim,))),
+        }
+    }

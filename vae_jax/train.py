@@ -142,9 +142,9 @@ def make_train_epoch(
         grad_fn = jax.value_and_grad(loss_fn, argnums=(1, 2), has_aux=True)
         if local_optimizer is None:
             (loss, aux), grads = grad_fn(objective_key, state.theta, state.phi, x_BxD)
-            params = (state.theta, state.phi)
-            updates, opt_state = optimizer.update(grads, state.opt_state, params)
-            theta, phi = optax.apply_updates(params, updates)
+            theta_phi = (state.theta, state.phi)
+            updates, opt_state = optimizer.update(grads, state.opt_state, theta_phi)
+            theta, phi = optax.apply_updates(theta_phi, updates)
         else:  # per-datapoint phi: the gradient reaches only the batch's rows
             q_z_B = _rows(state.phi["q_z"], index_B)
             (loss, aux), (g_theta, g_phi_B) = grad_fn(
