@@ -34,6 +34,7 @@ from vae_jax.data import binarize_once
 from vae_jax.evaluate import (
     active_units,
     aggregate_posterior_moments,
+    make_aggregate_kl,
     make_elbo_terms,
     make_log_p_x,
     make_posterior_moment_sums,
@@ -324,6 +325,16 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     aggregate = aggregate_posterior_moments(
         jax.jit(make_posterior_moment_sums(model)), phi, x_test, eval_batch
     )
+    aggregate_kl = None
+    if phi_axis(phi) is None:
+        kl, se = jax.jit(make_aggregate_kl(model))(
+            jax.random.fold_in(eval_key, 2), theta, phi, jnp.asarray(x_test)
+        )
+        aggregate_kl = {
+            "value": float(kl),
+            "standard_error": float(se),
+            "method": "Monte Carlo over 1000 z ~ q_agg, exact mixture density over the test set",
+        }
     results = {
         "test_nll": float(-np.mean(log_p_x)),
         "num_importance_samples": num_samples,
@@ -340,6 +351,8 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         "aggregate_posterior_kl_to_standard_normal": aggregate[
             "kl_moment_matched_to_standard_normal"
         ],
+        # KL(q_agg || p_theta(z)) itself, q_agg being the mixture over test images
+        "aggregate_posterior_kl_to_prior_sampled": aggregate_kl,
         "num_params_theta": num_params(theta),
         "num_params_phi": num_params(state.phi),  # the trained phi, not test fits
         "is_seconds": is_seconds,
@@ -355,6 +368,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         plot_key = jax.random.fold_in(eval_key, np.uint32(2**32 - 1))
 
         plots.write_all(workdir, model, theta, phi, x_test, plot_key)
+        plots.aggregate_posterior(workdir, aggregate, model.prior(theta, state.phi), kl_per_dim)
     return results
 
 

@@ -68,3 +68,37 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
         _save(workdir / "manifold.png", _grid(means, n, n, side), "learned 2-D manifold")
         written.append(workdir / "manifold.png")
     return written
+
+
+def aggregate_posterior(workdir: Path, moments: dict, prior, kl_per_dim) -> Path:
+    """aggregate_posterior.png: per latent dim, <q(z|x)>'s mean and variance beside
+    the prior's (where the prior has per-dim moments), and the KL per dim."""
+    mean, variance = np.asarray(moments["mean"]), np.asarray(moments["variance"])
+    dims = np.arange(mean.shape[0])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    axes[0].bar(dims, mean, color="tab:blue", label="aggregate posterior")
+    axes[1].bar(dims, variance, color="tab:blue", label="aggregate posterior")
+    if hasattr(prior, "log_scale") and np.ndim(prior.log_scale) == 1:
+        axes[0].plot(
+            dims, np.broadcast_to(np.asarray(prior.loc), mean.shape), "k_", ms=14, label="prior"
+        )
+        axes[1].plot(
+            dims,
+            np.broadcast_to(np.exp(2 * np.asarray(prior.log_scale)), mean.shape),
+            "k_",
+            ms=14,
+            label="prior",
+        )
+    axes[0].set_title("mean E_x[mu(x)]")
+    axes[1].set_title("variance E_x[sigma^2] + Var_x[mu]")
+    axes[2].bar(dims, np.asarray(kl_per_dim), color="tab:orange")
+    axes[2].axhline(0.01, color="gray", lw=0.8)
+    axes[2].set_title("KL(q(z_d|x) || p(z_d)) per dim")
+    for ax in axes:
+        ax.set_xlabel("latent dim")
+    axes[0].legend(fontsize=8)
+    path = workdir / "aggregate_posterior.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -63,3 +63,38 @@ def test_law_of_total_variance_matches_sampling_and_both_phi_forms_agree():
     z = np.asarray(q.sample(jax.random.key(3)))  # one draw from each q(z | x_n)
     np.testing.assert_allclose(z.var(0), amortised["variance"], rtol=0.06)
     np.testing.assert_allclose(z.mean(0), amortised["mean"], atol=0.05)
+
+
+def test_aggregate_kl_of_identical_data_is_the_analytic_kl():
+    """All x equal: q_agg is the single Gaussian q(z|x), so the estimate is KL(q || p)."""
+    from vae_jax.distributions import StandardNormal, kl_divergence
+    from vae_jax.evaluate import make_aggregate_kl
+
+    model, theta, x = _ppca_data()
+    phi = lg.exact_posterior_phi(theta)
+    same = np.repeat(x[:1], 700, axis=0)  # 700: not a multiple of the chunk (masking)
+    kl, se = jax.jit(make_aggregate_kl(model, num_z=4000, chunk_size=256))(
+        jax.random.key(0), theta, phi, jnp.asarray(same)
+    )
+    exact = kl_divergence(model.posterior(phi, jnp.asarray(x[0])), StandardNormal(L))
+    assert abs(float(kl - exact)) < 5 * float(se) + 1e-4
+
+
+def test_aggregate_kl_is_small_when_the_posterior_is_exact_and_grows_when_shifted():
+    from vae_jax.evaluate import make_aggregate_kl
+
+    model, theta, x = _ppca_data()
+    phi = lg.exact_posterior_phi(theta)
+    kl_fn = jax.jit(make_aggregate_kl(model, num_z=2000, chunk_size=1000))
+    kl_exact, _ = kl_fn(jax.random.key(0), theta, phi, jnp.asarray(x[:8000]))
+    tree = phi["q_z_given_x"]
+    shifted = {
+        "q_z_given_x": {
+            "loc": {"kernel": tree["loc"]["kernel"], "bias": tree["loc"]["bias"] + 0.5},
+            "log_scale": tree["log_scale"],
+        }
+    }
+    kl_shifted, _ = kl_fn(jax.random.key(0), theta, shifted, jnp.asarray(x[:8000]))
+    assert float(kl_exact) < 0.05
+    # a mean shift of 0.5 per dim costs at least L * 0.5^2 / 2 = 0.375 nats
+    assert float(kl_shifted) > 0.3

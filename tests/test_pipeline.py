@@ -48,7 +48,9 @@ def test_smoke_run_writes_results_and_figures(tmp_path):
     assert len(results["aggregate_posterior_variance"]) == 2
     assert results["aggregate_posterior_kl_to_standard_normal"] >= 0
     assert results["num_importance_samples"] == 50 and results["test_examples"] == 200
-    for name in ("samples.png", "reconstructions.png", "manifold.png"):
+    sampled = results["aggregate_posterior_kl_to_prior_sampled"]
+    assert sampled["value"] > 0 and "Monte Carlo" in sampled["method"]
+    for name in ("samples.png", "reconstructions.png", "manifold.png", "aggregate_posterior.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     # re-scoring the checkpoint with the run's S reproduces its number exactly
