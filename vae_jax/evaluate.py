@@ -11,13 +11,14 @@ compiles once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from vae_jax.distributions import has_analytic_kl, kl_divergence_per_dim
+from vae_jax.distributions import DiagonalGaussian, has_analytic_kl, kl_divergence_per_dim
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import make_elbo, make_log_marginal_likelihood, phi_axis
 from vae_jax.parallel import constrain_batch
@@ -77,6 +78,32 @@ def make_log_p_x(
     return batch
 
 
+class Batch(NamedTuple):
+    """One fixed-size batch of a dataset of N examples."""
+
+    start: int
+    index: np.ndarray  # [B] example indices; the last batch may run past N
+    rows: np.ndarray  # [B] indices clipped to N - 1: the last batch repeats its last row
+    valid: int  # how many of the B are real examples
+
+
+def padded_batches(n: int, batch_size: int, description: str | None = None):
+    """Batches of one shape (so jitted evaluators compile once), the last padded."""
+    starts = range(0, n, batch_size)
+    if description:
+        starts = tqdm(starts, desc=description, unit="batch", leave=False)
+    for start in starts:
+        index = np.arange(start, start + batch_size)
+        yield Batch(start, index, np.minimum(index, n - 1), min(batch_size, n - start))
+
+
+def take_rows(phi: Phi, rows: np.ndarray) -> Phi:
+    """phi for a batch: amortised phi whole, per-datapoint phi's rows."""
+    if phi_axis(phi) is None:
+        return phi
+    return jax.tree_util.tree_map(lambda a: a[rows], phi)
+
+
 def map_dataset(
     fn: Callable,
     key: jax.Array,
@@ -92,20 +119,12 @@ def map_dataset(
     phi (``[N, L]`` rows) is sliced to the batch alongside x.
     """
     n = x_NxD.shape[0]
-    batch_size = min(batch_size, n)
     outputs = []
-    starts = range(0, n, batch_size)
-    if description:
-        starts = tqdm(starts, desc=description, unit="batch", leave=False)
-    for start in starts:
-        index = np.arange(start, start + batch_size)
-        rows = np.minimum(index, n - 1)  # pad the last batch by repeating its last row
-        phi_batch = (
-            phi if phi_axis(phi) is None else jax.tree_util.tree_map(lambda a, r=rows: a[r], phi)
+    for b in padded_batches(n, min(batch_size, n), description):
+        out = fn(
+            key, theta, take_rows(phi, b.rows), jnp.asarray(x_NxD[b.rows]), jnp.asarray(b.index)
         )
-        out = fn(key, theta, phi_batch, jnp.asarray(x_NxD[rows]), jnp.asarray(index))
-        valid = min(batch_size, n - start)
-        outputs.append(jax.tree_util.tree_map(lambda v, k=valid: np.asarray(v)[:k], out))
+        outputs.append(jax.tree_util.tree_map(lambda v, k=b.valid: np.asarray(v)[:k], out))
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
 
 
@@ -145,13 +164,8 @@ def aggregate_posterior_moments(
     """
     n = x_NxD.shape[0]
     totals = None
-    for start in range(0, n, batch_size):
-        index = np.arange(start, start + batch_size)
-        rows = np.minimum(index, n - 1)
-        phi_batch = (
-            phi if phi_axis(phi) is None else jax.tree_util.tree_map(lambda a, r=rows: a[r], phi)
-        )
-        out = sums_fn(phi_batch, jnp.asarray(x_NxD[rows]), jnp.asarray(index < n))
+    for b in padded_batches(n, batch_size):
+        out = sums_fn(take_rows(phi, b.rows), jnp.asarray(x_NxD[b.rows]), jnp.asarray(b.index < n))
         out = {k: np.asarray(v, np.float64) for k, v in out.items()}
         totals = out if totals is None else {k: totals[k] + out[k] for k in totals}
     mean = totals["mu"] / n
@@ -180,7 +194,7 @@ def make_aggregate_kl(model: LatentVariableModel, num_z: int = 1000, chunk_size:
         n = x_NxD.shape[0]
         pick_key, z_key = jax.random.split(key)
         picks = jax.random.randint(pick_key, (num_z,), 0, n)
-        z_ZxL = type(q)(q.loc[picks], q.log_scale[picks]).sample(z_key)
+        z_ZxL = DiagonalGaussian(q.loc[picks], q.log_scale[picks]).sample(z_key)
         num_chunks = -(-n // chunk_size)
         pad = num_chunks * chunk_size - n
         loc_CxKxL = jnp.pad(q.loc, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, -1)
@@ -189,7 +203,7 @@ def make_aggregate_kl(model: LatentVariableModel, num_z: int = 1000, chunk_size:
 
         def add_chunk(running, chunk):
             loc_KxL, log_scale_KxL, valid_K = chunk
-            component = type(q)(loc_KxL[None, :, :], log_scale_KxL[None, :, :])
+            component = DiagonalGaussian(loc_KxL[None, :, :], log_scale_KxL[None, :, :])
             log_q_ZxK = component.log_prob(z_ZxL[:, None, :])
             log_q_ZxK = jnp.where(valid_K[None, :], log_q_ZxK, -jnp.inf)
             return jnp.logaddexp(running, jax.nn.logsumexp(log_q_ZxK, axis=1)), None

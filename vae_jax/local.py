@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from vae_jax.distributions import DiagonalGaussian, StandardNormal
+from vae_jax.evaluate import padded_batches, take_rows
 from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import make_elbo
 
@@ -126,20 +126,12 @@ def fit_local_in_batches(fit_fn, key, theta, start_phi, x, batch_size, desc=None
     Batch b uses ``fold_in(key, first index of b)``; the last batch is padded.
     Returns host arrays: per-datapoint phi [N, L] and the ELBO trace [T, N].
     """
-    rows = []
-    n = x.shape[0]
-    for start in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=desc is None):
-        index = np.minimum(np.arange(start, start + batch_size), n - 1)
-        phi_batch = jax.tree_util.tree_map(lambda a, i=index: a[i], start_phi)
-        fitted, trace = fit_fn(jax.random.fold_in(key, start), theta, phi_batch, x[index])
-        valid = min(batch_size, n - start)
-        rows.append((jax.tree_util.tree_map(lambda a, v=valid: np.asarray(a)[:v], fitted), trace))
-    phi = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *[r[0] for r in rows])
-    final_trace = np.concatenate(
-        [
-            np.asarray(t)[:, : min(batch_size, n - s)]
-            for (_, t), s in zip(rows, range(0, n, batch_size), strict=True)
-        ],
-        axis=1,
-    )
-    return phi, final_trace
+    fitted_rows, traces = [], []
+    for b in padded_batches(x.shape[0], batch_size, desc):
+        fitted, trace_TxB = fit_fn(
+            jax.random.fold_in(key, b.start), theta, take_rows(start_phi, b.rows), x[b.rows]
+        )
+        fitted_rows.append(jax.tree_util.tree_map(lambda a, v=b.valid: np.asarray(a)[:v], fitted))
+        traces.append(np.asarray(trace_TxB)[:, : b.valid])
+    phi = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *fitted_rows)
+    return phi, np.concatenate(traces, axis=1)
