@@ -1,0 +1,272 @@
+"""Run a grid of configs over seeds, then write RESULTS.md and plots.
+
+    python -m experiments.ablate --grid priors --seeds 3 --workdir runs/ablate_priors
+    python -m experiments.ablate --grid priors:smoke --seeds 2 --workdir /tmp/ablate
+
+Each arm is a base config plus dotted overrides (the same keys as
+``--config.<key>=`` of ``experiments.main``); each (arm, seed) trains in
+``<workdir>/<arm>/seed<k>`` with ``experiments.main.train_and_evaluate``, so it
+is resumable and a finished run (its ``results.json`` exists) is not redone.
+Runs go one after another: on 2 CPU cores a second run would only share them.
+Re-running the command after adding seeds or arms reuses every finished run.
+``--report-only`` rewrites the table and plots from the runs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+DEFAULT = "experiments/configs/default.py"
+
+# grid name -> (base config file, {arm: {dotted key: value}}, the question it answers)
+GRIDS: dict[str, tuple[str, dict[str, dict], str]] = {
+    "priors": (
+        DEFAULT,
+        {
+            "standard_normal": {"model.prior": "standard_normal"},
+            "learned_gaussian": {"model.prior": "learned_gaussian"},
+            "mixture_of_gaussians": {
+                "model.prior": "mixture_of_gaussians",
+                "model.prior_components": 10,
+            },
+            "vampprior": {"model.prior": "vampprior", "model.prior_components": 500},
+        },
+        "Does learning p_theta(z) help, and does the aggregate posterior match the prior?",
+    ),
+}
+
+# (column title, results.json key, format)
+COLUMNS = (
+    ("test NLL (IS)", "test_nll", "{:.2f}"),
+    ("test ELBO", "test_elbo", "{:.2f}"),
+    ("KL(q‖p)", "test_kl", "{:.2f}"),
+    ("active units", "active_units", "{:.1f}"),
+    ("KL(q_agg‖p), sampled", "aggregate_kl", "{:.2f}"),
+    ("KL(moments‖N(0,I))", "aggregate_posterior_kl_to_standard_normal", "{:.2f}"),
+    ("theta params", "num_params_theta", "{:,.0f}"),
+    ("phi params", "num_params_phi", "{:,.0f}"),
+    ("train s", "train_seconds", "{:.0f}"),
+    ("eval s", "eval_seconds", "{:.0f}"),
+)
+
+
+def parse_grid(spec: str) -> tuple[str, str | None]:
+    name, _, arg = spec.partition(":")
+    if name not in GRIDS:
+        raise SystemExit(f"error: unknown grid {name!r}; choose one of {sorted(GRIDS)}")
+    if arg not in ("", "smoke"):
+        raise SystemExit(f"error: unknown grid variant {arg!r}; the only one is ':smoke'")
+    return name, arg or None
+
+
+def load_config(path: str, arg: str | None) -> ml_collections.ConfigDict:
+    namespace: dict = {}
+    exec(compile(Path(path).read_text(), path, "exec"), namespace)  # as config_flags does
+    return namespace["get_config"](arg)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Set dotted keys, refusing any key the config does not have."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"override {dotted!r} names no config field (keys: {sorted(node)})")
+        node[leaf] = value
+
+
+def arm_config(grid: str, arm: str, seed: int, arg: str | None) -> ml_collections.ConfigDict:
+    base, arms, _ = GRIDS[grid]
+    config = load_config(base, arg)
+    apply_overrides(config, arms[arm])
+    config.seed = seed
+    if arg == "smoke":
+        config.eval.plots = False  # the grid's own plots are drawn; per-run PNGs cost time
+    return config
+
+
+def run_grid(grid: str, arg: str | None, seeds: int, workdir: Path) -> None:
+    from experiments.main import train_and_evaluate  # jax/tfds imports only when training
+
+    _, arms, _ = GRIDS[grid]
+    # Seed-major: every arm has a first result before any arm gets a second.
+    for seed in range(seeds):
+        for arm in arms:
+            run_dir = workdir / arm / f"seed{seed}"
+            if (run_dir / "results.json").exists():
+                print(f"{run_dir}: done, reused", flush=True)
+                continue
+            print(f"{run_dir}: training", flush=True)
+            train_and_evaluate(arm_config(grid, arm, seed, arg), run_dir)
+
+
+def collect(run_dir: Path) -> dict | None:
+    """One run's numbers, or None while it has no results.json."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    metrics = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
+    ]
+    aggregate = results.get("aggregate_posterior_kl_to_prior_sampled") or {}
+    results["aggregate_kl"] = aggregate.get("value")
+    # The sum over epochs survives resumption; the process wall time does not.
+    results["train_seconds"] = float(sum(m["seconds"] for m in metrics))
+    results["curve_epochs"] = [m["epoch"] for m in metrics]
+    results["curve_valid_elbo"] = [m.get("valid_elbo") for m in metrics]
+    return results
+
+
+def _mean_std(values: list) -> tuple[float, float]:
+    return (np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0)
+
+
+def results_table(grid: str, runs: dict[str, list[dict]]) -> str:
+    header = "| arm | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    for arm, results in runs.items():
+        cells = []
+        for _, key, fmt in COLUMNS:
+            values = [r[key] for r in results if r.get(key) is not None]
+            if not values:
+                cells.append("n/a")
+                continue
+            mean, std = _mean_std(values)
+            spread = f" ± {fmt.format(std)}" if len(values) > 1 and std > 0 else ""
+            cells.append(fmt.format(mean) + spread)
+        lines.append(f"| {arm} | {len(results)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(grid: str, arg: str | None, seeds: int, workdir: Path, command: str) -> Path:
+    base, arms, question = GRIDS[grid]
+    runs = {}
+    for arm in arms:
+        found = [collect(workdir / arm / f"seed{s}") for s in range(seeds)]
+        runs[arm] = [r for r in found if r is not None]
+    runs = {arm: results for arm, results in runs.items() if results}
+    if not runs:
+        raise SystemExit(f"error: no finished runs of grid {grid!r} under {workdir}")
+    first = next(iter(runs.values()))[0]
+    config = arm_config(grid, next(iter(runs)), 0, arg)
+    text = [
+        f"# Grid `{grid}{':' + arg if arg else ''}`",
+        "",
+        question,
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Base config `{base}`{' (smoke)' if arg else ''}: {config.train.epochs} epochs, "
+        f"batch {config.train.batch_size}, latent {config.model.latent_dim}, hidden "
+        f"{tuple(config.model.hidden_sizes)}, {config.data.binarization} binarisation; "
+        f"test NLL by IS-{first['num_importance_samples']} on {first['test_examples']} "
+        f"test images; mean ± sample std over seeds 0..{seeds - 1}.",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{jax.device_count()} × {first['device']}, jax {first['jax_version']}.",
+        "",
+        "Arms (overrides of the base config):",
+        "",
+    ]
+    text += [f"- `{arm}`: `{json.dumps(arms[arm])}`" for arm in runs]
+    text += [
+        "",
+        results_table(grid, runs),
+        "",
+        "NLL, ELBO and KL are nats per test image. `KL(q_agg‖p), sampled` is a Monte "
+        "Carlo estimate of KL from the aggregate posterior (the mixture of q(z|x) over "
+        "the test set) to the model's own prior; `KL(moments‖N(0,I))` compares only the "
+        "aggregate's per-dimension mean and variance with N(0, I). Train seconds sum "
+        "the epochs (the first includes compilation).",
+        "",
+        "![validation ELBO per epoch](curves.png)",
+        "",
+        "![aggregate posterior per dimension](aggregate.png)",
+        "",
+    ]
+    path = workdir / "RESULTS.md"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(text))
+    tmp.replace(path)
+    _plot(workdir, runs)
+    return path
+
+
+def _plot(workdir: Path, runs: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, results in runs.items():
+        curves = [r["curve_valid_elbo"] for r in results if None not in r["curve_valid_elbo"]]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        values = np.array([c[:length] for c in curves])
+        epochs = results[0]["curve_epochs"][:length]
+        mean = values.mean(axis=0)
+        (line,) = ax.plot(epochs, mean, label=arm)
+        if len(values) > 1:
+            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation ELBO (nats)")
+    ax.set_title("learning curves: mean over seeds, band = min..max")
+    ax.legend()
+    fig.savefig(workdir / "curves.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, results in runs.items():
+        r = results[0]
+        dims = np.arange(len(r["aggregate_posterior_mean"]))
+        ax_mean.plot(dims, r["aggregate_posterior_mean"], "o-", label=arm)
+        ax_var.plot(dims, r["aggregate_posterior_variance"], "o-", label=arm)
+    ax_mean.axhline(0.0, color="k", lw=0.8)
+    ax_var.axhline(1.0, color="k", lw=0.8, label="N(0, I)")
+    ax_mean.set_title("aggregate posterior mean per dimension (seed 0)")
+    ax_var.set_title("aggregate posterior variance per dimension (seed 0)")
+    for ax in (ax_mean, ax_var):
+        ax.set_xlabel("latent dimension")
+    ax_var.set_yscale("log")
+    ax_var.legend(fontsize="small")
+    fig.savefig(workdir / "aggregate.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid", required=True, help=f"one of {sorted(GRIDS)}, optionally :smoke")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    grid, arg = parse_grid(args.grid)
+    workdir = Path(args.workdir)
+    command = (
+        f"python -m experiments.ablate --grid {args.grid} --seeds {args.seeds} --workdir {workdir}"
+    )
+    start = time.time()
+    if not args.report_only:
+        run_grid(grid, arg, args.seeds, workdir)
+    path = write_report(grid, arg, args.seeds, workdir, command)
+    print(f"{path} written ({time.time() - start:.0f} s)")
+    return path
+
+
+if __name__ == "__main__":
+    main()
