@@ -13,7 +13,9 @@ import optax
 
 from vae_jax.data import Splits, check_data, load_mnist, load_tfds
 from vae_jax.models import LatentVariableModel, make_vae
+from vae_jax.networks import LOG_SCALE_SHIFT
 from vae_jax.objectives import make_elbo, make_iwae_bound
+from vae_jax.realign import make_adjustment
 from vae_jax.train import iwae_learning_rate_schedule
 
 OBJECTIVES = ("elbo", "iwae")
@@ -71,23 +73,64 @@ def build_optimizer(
         optimizer = optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
     else:
         optimizer = optax.adagrad(learning_rate)
-    if config.model.freeze_prior:
-        # Zero the prior's gradients before the optimiser: its parameters never move.
-        optimizer = optax.chain(optax.masked(optax.set_to_zero(), prior_mask), optimizer)
+    # Zero some gradients before the optimiser: those leaves move only by other means.
+    freeze_prior = bool(config.model.freeze_prior) or int(config.train.refit_prior_every) > 0
+    if freeze_prior or int(config.train.realign_every) > 0:
+
+        def mask(theta_phi):
+            return frozen_mask(theta_phi, freeze_prior)
+
+        optimizer = optax.chain(optax.masked(optax.set_to_zero(), mask), optimizer)
     return optimizer
 
 
-def prior_mask(params):
-    """True on the leaves of theta["p_z"]; params is (theta, phi) or theta alone."""
-    theta = params[0] if isinstance(params, tuple) else params
+def frozen_mask(theta_phi, freeze_prior: bool):
+    """True on leaves the optimiser must not move: theta["p_z"] if ``freeze_prior``,
+    and the encoder's log-scale shift (moved only by re-alignment).
+
+    ``theta_phi`` is (theta, phi), or theta alone for per-datapoint phi."""
+    theta = theta_phi[0] if isinstance(theta_phi, tuple) else theta_phi
 
     def mark(tree, value):
         return jax.tree_util.tree_map(lambda _: value, tree)
 
-    masked_theta = {k: mark(v, k == "p_z") for k, v in theta.items()}
-    if isinstance(params, tuple):
-        return (masked_theta, mark(params[1], False))
-    return masked_theta
+    masked_theta = {k: mark(v, freeze_prior and k == "p_z") for k, v in theta.items()}
+    if not isinstance(theta_phi, tuple):
+        return masked_theta
+    phi = theta_phi[1]
+    masked_phi = {
+        k: (
+            {name: mark(leaf, name == LOG_SCALE_SHIFT) for name, leaf in v.items()}
+            if k == "q_z_given_x"
+            else mark(v, False)
+        )
+        for k, v in phi.items()
+    }
+    return (masked_theta, masked_phi)
+
+
+def build_adjustment(config: ml_collections.ConfigDict, model: LatentVariableModel):
+    """(adjust_fn, every) for make_train_epoch, or (None, 0) when nothing is adjusted."""
+    t = config.train
+    realign_every, refit_every = int(t.realign_every), int(t.refit_prior_every)
+    if realign_every < 0 or refit_every < 0:
+        raise ValueError("train.realign_every and train.refit_prior_every must be >= 0")
+    if realign_every and refit_every:
+        raise ValueError(
+            "choose one of train.realign_every and train.refit_prior_every: re-alignment "
+            "moves the coordinates to the prior, a refit moves the prior to the coordinates"
+        )
+    if not (realign_every or refit_every):
+        return None, 0
+    if config.model.inference != "amortised":
+        raise ValueError("re-alignment and prior refits need model.inference='amortised'")
+    if refit_every and config.model.prior not in ("learned_gaussian", "mixture_of_gaussians"):
+        raise ValueError(
+            f"train.refit_prior_every needs model.prior 'learned_gaussian' or "
+            f"'mixture_of_gaussians', not {config.model.prior!r}"
+        )
+    kind = "realign" if realign_every else "refit_prior"
+    return make_adjustment(model, kind, int(t.refit_em_steps)), realign_every or refit_every
 
 
 def build_local_optimizer(config: ml_collections.ConfigDict):

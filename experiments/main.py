@@ -43,6 +43,7 @@ from vae_jax.evaluate import (
 from vae_jax.local import fit_local_in_batches, make_fit_local, prior_phi
 from vae_jax.models import num_params
 from vae_jax.objectives import phi_axis
+from vae_jax.realign import with_log_scale_shift
 from vae_jax.train import init_train_state, make_train_epoch, to_host
 
 CHECKPOINT = "checkpoint.msgpack"
@@ -138,9 +139,20 @@ def build_run(config: ml_collections.ConfigDict, num_train_examples: int, data_d
     objective_at_beta = factory.build_objective_at_beta(config, model)
     optimizer = factory.build_optimizer(config, steps_per_epoch)
     local_optimizer = factory.build_local_optimizer(config)
+    adjustment = factory.build_adjustment(config, model)
     init_key = jax.random.split(jax.random.key(int(config.seed)))[0]
     state = init_train_state(init_key, model, optimizer, local_optimizer, num_train_examples)
-    return model, objective_at_beta, (optimizer, local_optimizer), state, steps_per_epoch
+    if int(config.train.realign_every):
+        # The shift leaf realign writes must exist from step 0: jit fixes the tree.
+        phi = with_log_scale_shift(state.phi)
+        state = state._replace(phi=phi, opt_state=optimizer.init((state.theta, phi)))
+    return (
+        model,
+        objective_at_beta,
+        (optimizer, local_optimizer, adjustment),
+        state,
+        steps_per_epoch,
+    )
 
 
 def _merge(config: ml_collections.ConfigDict, stored: dict) -> None:
@@ -181,9 +193,10 @@ def train_and_evaluate(
     workdir = Path(workdir)
     check_workdir(workdir, config)
     splits = factory.load_data(config)
-    model, objective_at_beta, (optimizer, local_optimizer), state, steps_per_epoch = build_run(
+    model, objective_at_beta, optimizers, state, steps_per_epoch = build_run(
         config, splits.train.shape[0], splits.train.shape[1]
     )
+    optimizer, local_optimizer, (adjust_fn, adjust_every) = optimizers
     batch_size = int(config.train.batch_size)
     train_key = jax.random.split(jax.random.key(int(config.seed)))[1]
     eval_key = jax.random.key(int(config.eval.seed))
@@ -225,6 +238,9 @@ def train_and_evaluate(
             warmup_steps=int(config.objective.warmup_epochs) * steps_per_epoch,
             batch_sharding=parallel.batch_sharding(mesh),
             local_optimizer=local_optimizer,
+            adjust_fn=adjust_fn,
+            adjust_every=adjust_every,
+            adjust_examples=int(config.train.moment_examples),
         ),
         donate_argnums=0,
     )

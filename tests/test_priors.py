@@ -124,16 +124,21 @@ def test_per_datapoint_q_cannot_start_at_a_mixture_prior():
         prior_phi(model, theta, 4)
 
 
-def test_optax_sanity_of_the_prior_mask():
+def test_optax_sanity_of_the_frozen_mask():
     theta = {"p_z": {"loc": jnp.ones(2)}, "p_x_given_z": {"w": jnp.ones(2)}}
-    phi = {"q_z_given_x": {"w": jnp.ones(2)}}
-    mask = factory.prior_mask((theta, phi))
+    phi = {"q_z_given_x": {"w": jnp.ones(2), "log_scale_shift": jnp.ones(2)}}
+    mask = factory.frozen_mask((theta, phi), freeze_prior=True)
     assert mask[0]["p_z"]["loc"] is True and mask[0]["p_x_given_z"]["w"] is False
     assert mask[1]["q_z_given_x"]["w"] is False
-    opt = optax.chain(optax.masked(optax.set_to_zero(), factory.prior_mask), optax.sgd(1.0))
+    assert mask[1]["q_z_given_x"]["log_scale_shift"] is True  # moved by realign only
+    assert factory.frozen_mask((theta, phi), freeze_prior=False)[0]["p_z"]["loc"] is False
+
+    def mask_fn(theta_phi):
+        return factory.frozen_mask(theta_phi, True)
+
+    opt = optax.chain(optax.masked(optax.set_to_zero(), mask_fn), optax.sgd(1.0))
     grads = jax.tree_util.tree_map(jnp.ones_like, (theta, phi))
     updates, _ = opt.update(grads, opt.init((theta, phi)), (theta, phi))
-    assert (
-        float(updates[0]["p_z"]["loc"].sum()) == 0
-        and float(updates[1]["q_z_given_x"]["w"].sum()) == -2
-    )
+    assert float(updates[0]["p_z"]["loc"].sum()) == 0
+    assert float(updates[1]["q_z_given_x"]["log_scale_shift"].sum()) == 0
+    assert float(updates[1]["q_z_given_x"]["w"].sum()) == -2

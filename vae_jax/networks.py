@@ -31,6 +31,11 @@ from vae_jax.distributions import Bernoulli, DiagonalGaussian
 # |log sigma| <= 10 keeps sigma^2 in [2e-9, 5e8]: exp(2 * 10) and
 # exp(-2 * 10) are finite in float32, as are their squares' reciprocals.
 LOG_SCALE_BOUND = 10.0
+# Optional leaf of a Gaussian MLP's tree: a per-dimension offset added to log sigma
+# AFTER the soft clamp. Fresh networks do not have it; ``vae_jax.realign`` adds it,
+# because a change of scale z' = z / s moves log sigma by -log s exactly, and no
+# change of the pre-clamp weights can do that through tanh.
+LOG_SCALE_SHIFT = "log_scale_shift"
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
@@ -131,7 +136,8 @@ def make_gaussian_mlp(
     Returns:
       Component whose ``apply(tree, inputs[..., input_dim])`` is a
       :class:`DiagonalGaussian` with ``loc`` and ``log_scale`` of shape
-      ``[..., output_dim]``, ``|log_scale| < LOG_SCALE_BOUND``.
+      ``[..., output_dim]``, ``|log_scale| < LOG_SCALE_BOUND`` (plus the
+      tree's ``LOG_SCALE_SHIFT`` leaf, [output_dim], where it has one).
     """
     hidden = _check_sizes(input_dim, output_dim, hidden_sizes)
 
@@ -139,7 +145,16 @@ def make_gaussian_mlp(
         return DiagonalGaussian(out["loc"], soft_clamp(out["log_scale"], LOG_SCALE_BOUND))
 
     heads = {"loc": output_dim, "log_scale": output_dim}
-    return _make_mlp_component(input_dim, heads, hidden, activation, to_distribution)
+    mlp = _make_mlp_component(input_dim, heads, hidden, activation, to_distribution)
+
+    def apply(tree: dict, inputs: jax.Array) -> DiagonalGaussian:
+        if LOG_SCALE_SHIFT not in tree:
+            return mlp.apply(tree, inputs)
+        layers = {name: leaf for name, leaf in tree.items() if name != LOG_SCALE_SHIFT}
+        q = mlp.apply(layers, inputs)
+        return DiagonalGaussian(q.loc, q.log_scale + tree[LOG_SCALE_SHIFT])
+
+    return Component(mlp.init, apply)
 
 
 def make_bernoulli_mlp(

@@ -27,6 +27,10 @@ from vae_jax.models import LatentVariableModel, Phi, Theta
 from vae_jax.objectives import ObjectiveFn, batch_objective
 from vae_jax.parallel import constrain_batch
 
+# fold_in data for the adjustment's key: the two split children keep their
+# values, so runs without adjustments draw exactly what they drew before.
+ADJUST_STREAM = 7
+
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: optimiser steps taken so far
@@ -100,6 +104,9 @@ def make_train_epoch(
     warmup_steps: int = 0,
     batch_sharding: jax.sharding.Sharding | None = None,
     local_optimizer: optax.GradientTransformation | None = None,
+    adjust_fn: Callable | None = None,
+    adjust_every: int = 0,
+    adjust_examples: int = 1000,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Build ``train_epoch(state, train_key, epoch, x_NxD) -> (state, metrics)``.
 
@@ -122,6 +129,11 @@ def make_train_epoch(
         each batch is split across the mesh's devices (data parallelism).
       local_optimizer: for per-datapoint phi (non-amortised training, see
         :func:`init_train_state`): the update applied to the batch's rows only.
+      adjust_fn: ``(key, theta, phi, x_MxD) -> (theta, phi)``, applied after
+        every ``adjust_every``-th step to the first ``adjust_examples`` training
+        examples (binarised afresh if dynamic): re-alignment or a prior refit
+        from ``vae_jax.realign.make_adjustment``. It moves parameters outside
+        the optimiser, whose moment estimates are left as they are.
 
     Returns:
       The epoch function; ``metrics`` are means over the epoch's steps.
@@ -129,12 +141,28 @@ def make_train_epoch(
     steps_per_epoch = num_examples // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+    if adjust_fn is not None:
+        if adjust_every < 1:
+            raise ValueError(f"adjust_every must be >= 1 with an adjust_fn, got {adjust_every}")
+        if local_optimizer is not None:
+            raise ValueError("adjustments need an amortised encoder, not per-datapoint phi")
+    adjust_examples = min(int(adjust_examples), num_examples)
+
+    def maybe_adjust(step, theta, phi, x_NxD, adjust_key):
+        x_MxD = x_NxD[:adjust_examples]
+        if dynamic_binarization:
+            x_MxD = binarize(jax.random.fold_in(adjust_key, 1), x_MxD)
+        return jax.lax.cond(
+            step % adjust_every == 0,
+            lambda: adjust_fn(adjust_key, theta, phi, x_MxD),
+            lambda: (theta, phi),
+        )
 
     def train_step(state: TrainState, index_B: jax.Array, x_NxD: jax.Array, step_root_key):
         x_BxD = constrain_batch(x_NxD[index_B], batch_sharding)
-        binarize_key, objective_key = jax.random.split(
-            jax.random.fold_in(step_root_key, state.step)
-        )
+        step_key = jax.random.fold_in(step_root_key, state.step)
+        binarize_key, objective_key = jax.random.split(step_key)
+        adjust_key = jax.random.fold_in(step_key, ADJUST_STREAM)  # a stream of its own
         if dynamic_binarization:
             x_BxD = binarize(binarize_key, x_BxD)
         beta = linear_warmup(state.step, warmup_steps)
@@ -162,6 +190,8 @@ def make_train_epoch(
                 "theta": theta_opt,
                 "q_z": _set_rows(state.opt_state["q_z"], index_B, local_B),
             }
+        if adjust_fn is not None:
+            theta, phi = maybe_adjust(state.step + 1, theta, phi, x_NxD, adjust_key)
         return TrainState(state.step + 1, theta, phi, opt_state), {
             "loss": loss,
             "beta": beta,

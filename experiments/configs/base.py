@@ -51,6 +51,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10
     config.train.batch_size = 100
+    # Every N steps (0 = never), on the first moment_examples training images:
+    # realign_every: fold z' = (z - m) / s into encoder and decoder (vae_jax.realign);
+    # refit_prior_every: set a learned Gaussian prior to the aggregate moments, or move
+    # a mixture prior by refit_em_steps EM steps; the prior then takes no gradients.
+    config.train.realign_every = 0
+    config.train.refit_prior_every = 0
+    config.train.refit_em_steps = 10
+    config.train.moment_examples = 1000
 
     config.eval = ml_collections.ConfigDict()
     config.eval.seed = 2024  # the fixed key of every evaluation
