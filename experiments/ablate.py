@@ -38,8 +38,36 @@ GRIDS: dict[str, tuple[str, dict[str, dict], str]] = {
                 "model.prior_components": 10,
             },
             "vampprior": {"model.prior": "vampprior", "model.prior_components": 500},
+            # empirical Bayes: every 100 steps the prior is set to the aggregate
+            # posterior of 1,000 training images instead of following gradients
+            "learned_gaussian_refit": {
+                "model.prior": "learned_gaussian",
+                "train.refit_prior_every": 100,
+            },
+            "mixture_refit": {
+                "model.prior": "mixture_of_gaussians",
+                "model.prior_components": 10,
+                "train.refit_prior_every": 100,
+            },
         },
         "Does learning p_theta(z) help, and does the aggregate posterior match the prior?",
+    ),
+    "realign": (
+        DEFAULT,
+        {
+            "no_realign": {"train.epochs": 10, "eval.num_importance_samples": 1000},
+            "realign_every_100": {
+                "train.epochs": 10,
+                "eval.num_importance_samples": 1000,
+                "train.realign_every": 100,
+            },
+            "realign_every_10": {
+                "train.epochs": 10,
+                "eval.num_importance_samples": 1000,
+                "train.realign_every": 10,
+            },
+        },
+        "Does re-aligning the aggregate posterior with N(0, I) speed up early training?",
     ),
 }
 
