@@ -42,6 +42,8 @@ def build_model(config: ml_collections.ConfigDict, data_dim: int) -> LatentVaria
         likelihood=m.likelihood,
         prior=m.prior,
         prior_components=int(m.prior_components),
+        tie_weights=m.tie_weights,
+        encoder_trunk=m.encoder_trunk,
     )
 
 

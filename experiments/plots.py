@@ -38,7 +38,7 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
     written = []
 
     z_64xL = model.prior(theta, phi).sample(prior_key, (64,))
-    samples = np.asarray(model.likelihood(theta, z_64xL).mean)
+    samples = np.asarray(model.likelihood(theta, z_64xL, phi).mean)
     _save(
         workdir / "samples.png", _grid(samples, 8, 8, side), "64 samples from p(z), decoded (means)"
     )
@@ -49,7 +49,7 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
         phi = jax.tree_util.tree_map(lambda a: a[:32], phi)
     q_z = jax.vmap(model.posterior, in_axes=(phi_axis(phi), 0))(phi, x)
     z = q_z.sample(posterior_key)
-    recon = np.asarray(model.likelihood(theta, z).mean)
+    recon = np.asarray(model.likelihood(theta, z, phi).mean)
     pairs = np.stack([np.asarray(x), recon], axis=1).reshape(64, -1)  # image, reconstruction
     _save(
         workdir / "reconstructions.png",
@@ -64,7 +64,7 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
         u = np.linspace(0.5 / n, 1 - 0.5 / n, n)
         z_1d = jax.scipy.stats.norm.ppf(u)
         z_grid = jnp.stack(jnp.meshgrid(z_1d, z_1d[::-1]), axis=-1).reshape(-1, 2)
-        means = np.asarray(model.likelihood(theta, z_grid).mean)
+        means = np.asarray(model.likelihood(theta, z_grid, phi).mean)
         _save(workdir / "manifold.png", _grid(means, n, n, side), "learned 2-D manifold")
         written.append(workdir / "manifold.png")
     return written

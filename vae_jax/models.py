@@ -38,11 +38,19 @@ class LatentVariableModel(NamedTuple):
     q_z_given_x: Component
     data_dim: int
     latent_dim: int
+    tying: Tying | None = None
 
     def init(self, key: jax.Array) -> tuple[Theta, Phi]:
-        """Fresh ``(theta, phi)``; each subtree gets its own key."""
+        """Fresh ``(theta, phi)``; each subtree gets its own key.
+
+        With tied weights the shared tensor is stored once, in phi (the encoder
+        owns it), and is absent from theta["p_x_given_z"].
+        """
         p_z_key, p_x_key, q_z_key = jax.random.split(key, 3)
-        theta = {"p_z": self.p_z.init(p_z_key), "p_x_given_z": self.p_x_given_z.init(p_x_key)}
+        decoder = self.p_x_given_z.init(p_x_key)
+        if self.tying is not None:
+            decoder = self.tying.drop(decoder)
+        theta = {"p_z": self.p_z.init(p_z_key), "p_x_given_z": decoder}
         phi = {"q_z_given_x": self.q_z_given_x.init(q_z_key)}
         return theta, phi
 
@@ -51,9 +59,21 @@ class LatentVariableModel(NamedTuple):
         the encoder's posteriors at learned pseudo-inputs, q_phi(z | u_k)."""
         return self.p_z.apply(theta["p_z"], phi)
 
-    def likelihood(self, theta: Theta, z: jax.Array):
-        """p_theta(x | z); ``z`` may carry leading sample axes."""
-        return self.p_x_given_z.apply(theta["p_x_given_z"], z)
+    def likelihood(self, theta: Theta, z: jax.Array, phi: Phi | None = None):
+        """p_theta(x | z); ``z`` may carry leading sample axes.
+
+        Only a decoder with tied weights reads ``phi``: one of its kernels is the
+        transpose of an encoder kernel, stored once in phi (see :class:`Tying`).
+        """
+        decoder = theta["p_x_given_z"]
+        if self.tying is not None:
+            if phi is None or "q_z_given_x" not in phi:
+                raise ValueError(
+                    "this decoder shares a weight with the encoder (tie_weights="
+                    f"{self.tying.kind!r}): call likelihood(theta, z, phi) with amortised phi"
+                )
+            decoder = self.tying.expand(decoder, phi["q_z_given_x"])
+        return self.p_x_given_z.apply(decoder, z)
 
     def posterior(self, phi: Phi, x: jax.Array):
         """q_phi(z | x) for one example ``x`` of shape [D].
@@ -79,6 +99,61 @@ class LatentVariableModel(NamedTuple):
                 )
             return DiagonalGaussian(q_z["loc"], q_z["log_scale"])
         return self.q_z_given_x.apply(phi["q_z_given_x"], x)
+
+
+class Tying(NamedTuple):
+    """One tensor used by both q_phi(z|x) and p_theta(x|z), stored once.
+
+    JAX trees cannot alias, so the decoder's copy is not stored: ``drop``
+    removes it from a fresh decoder tree and ``expand`` rebuilds it from the
+    encoder's tree wherever the decoder is applied. Autodiff through ``expand``
+    makes the stored tensor's gradient the sum of its two uses.
+
+    Attributes:
+      kind: ``"x_layers"`` (decoder output kernel [H, D] = encoder input kernel
+        [D, H] transposed: the classic tied autoencoder) or ``"z_layers"``
+        (decoder first kernel [L, H] = encoder mean kernel [H, L] transposed).
+    """
+
+    kind: str
+    decoder_layer: str
+    encoder_layer: str
+
+    def drop(self, decoder: dict) -> dict:
+        return {**decoder, self.decoder_layer: {"bias": decoder[self.decoder_layer]["bias"]}}
+
+    def expand(self, decoder: dict, encoder: dict) -> dict:
+        kernel = encoder[self.encoder_layer]["kernel"].T
+        return {**decoder, self.decoder_layer: {**decoder[self.decoder_layer], "kernel": kernel}}
+
+
+TIES = ("none", "x_layers", "z_layers")
+
+
+def make_tying(
+    kind: str, encoder_hidden: tuple[int, ...], decoder_hidden: tuple[int, ...], likelihood: str
+) -> Tying | None:
+    """The :class:`Tying` of ``kind`` for MLPs of these widths, or None for "none"."""
+    if kind not in TIES:
+        raise ValueError(f"unknown tie_weights {kind!r}; choose one of {list(TIES)}")
+    if kind == "none":
+        return None
+    if not encoder_hidden or not decoder_hidden:
+        raise ValueError(f"tie_weights={kind!r} needs hidden layers in encoder and decoder")
+    if kind == "x_layers":
+        if encoder_hidden[0] != decoder_hidden[-1]:
+            raise ValueError(
+                f"tie_weights='x_layers' needs the encoder's first hidden width "
+                f"({encoder_hidden[0]}) to equal the decoder's last ({decoder_hidden[-1]})"
+            )
+        head = "logits" if likelihood == "bernoulli" else "loc"
+        return Tying(kind, decoder_layer=head, encoder_layer="hidden_0")
+    if encoder_hidden[-1] != decoder_hidden[0]:
+        raise ValueError(
+            f"tie_weights='z_layers' needs the encoder's last hidden width "
+            f"({encoder_hidden[-1]}) to equal the decoder's first ({decoder_hidden[0]})"
+        )
+    return Tying(kind, decoder_layer="hidden_0", encoder_layer="loc")
 
 
 def make_standard_normal_prior(latent_dim: int) -> Component:
@@ -152,6 +227,8 @@ def make_vae(
     prior: str = "standard_normal",
     decoder_hidden_sizes: tuple[int, ...] | None = None,
     prior_components: int = 10,
+    tie_weights: str = "none",
+    encoder_trunk: str = "shared",
 ) -> LatentVariableModel:
     """The appendix-C VAE: Gaussian MLP encoder (C.2) and a Bernoulli (C.1) or
     Gaussian (C.2) MLP decoder.
@@ -165,6 +242,10 @@ def make_vae(
       likelihood: ``"bernoulli"`` for binary data, ``"gaussian"`` for real data.
       prior: one of ``PRIORS``.
       prior_components: K, mixture components or VampPrior pseudo-inputs.
+      tie_weights: one of ``TIES``: share a kernel between encoder and decoder
+        (see :class:`Tying`).
+      encoder_trunk: ``"shared"`` (appendix C: mu and log sigma read one hidden
+        layer) or ``"separate"`` (each from its own MLP of the same widths).
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
@@ -175,7 +256,10 @@ def make_vae(
     if prior in ("mixture_of_gaussians", "vampprior") and int(prior_components) < 1:
         raise ValueError(f"prior_components must be >= 1, got {prior_components}")
     make_decoder = make_bernoulli_mlp if likelihood == "bernoulli" else make_gaussian_mlp
-    encoder = make_gaussian_mlp(data_dim, latent_dim, hidden_sizes, activation)
+    encoder = make_gaussian_mlp(data_dim, latent_dim, hidden_sizes, activation, encoder_trunk)
+    tying = make_tying(tie_weights, tuple(hidden_sizes), tuple(decoder_hidden_sizes), likelihood)
+    if tying is not None and encoder_trunk != "shared":
+        raise ValueError("tie_weights needs encoder_trunk='shared' (one encoder kernel to tie)")
     p_z = {
         "standard_normal": lambda: make_standard_normal_prior(latent_dim),
         "learned_gaussian": lambda: make_learned_gaussian_prior(latent_dim),
@@ -188,6 +272,7 @@ def make_vae(
         q_z_given_x=encoder,
         data_dim=data_dim,
         latent_dim=latent_dim,
+        tying=tying,
     )
 
 

@@ -114,11 +114,15 @@ def _make_mlp_component(
     return Component(init, apply)
 
 
+TRUNKS = ("shared", "separate")
+
+
 def make_gaussian_mlp(
     input_dim: int,
     output_dim: int,
     hidden_sizes: Sequence[int] = (500,),
     activation: str = "tanh",
+    trunk: str = "shared",
 ) -> Component:
     """Gaussian MLP, appendix C.2: h = act(W3 x + b3), mu = W4 h + b4,
     log sigma = soft_clamp(W5 h + b5).
@@ -132,6 +136,9 @@ def make_gaussian_mlp(
       hidden_sizes: width of each deterministic layer (appendix C: one layer of
         500 for MNIST; the IWAE benchmark: two layers of 200).
       activation: name in ``ACTIVATIONS``.
+      trunk: ``"shared"`` (appendix C: both heads read one h) or ``"separate"``
+        (mu and log sigma each from their own MLP, trees ``"loc_net"`` and
+        ``"log_scale_net"``: twice the hidden weights, nothing shared).
 
     Returns:
       Component whose ``apply(tree, inputs[..., input_dim])`` is a
@@ -144,8 +151,30 @@ def make_gaussian_mlp(
     def to_distribution(out: dict[str, jax.Array]) -> DiagonalGaussian:
         return DiagonalGaussian(out["loc"], soft_clamp(out["log_scale"], LOG_SCALE_BOUND))
 
+    if trunk not in TRUNKS:
+        raise ValueError(f"unknown trunk {trunk!r}; choose one of {list(TRUNKS)}")
     heads = {"loc": output_dim, "log_scale": output_dim}
-    mlp = _make_mlp_component(input_dim, heads, hidden, activation, to_distribution)
+    if trunk == "shared":
+        mlp = _make_mlp_component(input_dim, heads, hidden, activation, to_distribution)
+    else:
+        nets = {
+            f"{head}_net": _make_mlp_component(
+                input_dim, {head: output_dim}, hidden, activation, lambda out: out
+            )
+            for head in heads
+        }
+
+        def init_separate(key: jax.Array) -> dict:
+            keys = jax.random.split(key, len(nets))
+            return {name: net.init(k) for (name, net), k in zip(nets.items(), keys, strict=True)}
+
+        def apply_separate(tree: dict, inputs: jax.Array) -> DiagonalGaussian:
+            out = {}
+            for name, net in nets.items():
+                out.update(net.apply(tree[name], inputs))
+            return to_distribution(out)
+
+        mlp = Component(init_separate, apply_separate)
 
     def apply(tree: dict, inputs: jax.Array) -> DiagonalGaussian:
         if LOG_SCALE_SHIFT not in tree:

@@ -62,7 +62,7 @@ def make_elbo(
         q_z = model.posterior(phi, x)
         p_z = model.prior(theta, phi)
         z_SxL = q_z.sample(key, (num_samples,))
-        reconstruction = jnp.mean(model.likelihood(theta, z_SxL).log_prob(x))
+        reconstruction = jnp.mean(model.likelihood(theta, z_SxL, phi).log_prob(x))
         analytic = kl == "analytic" or (kl == "auto" and has_analytic_kl(q_z, p_z))
         if analytic:
             if not has_analytic_kl(q_z, p_z):
@@ -99,9 +99,9 @@ def log_importance_weights(
 
 def _log_weights(key, model, theta, phi, q_z, x, num_samples):
     z_SxL = q_z.sample(key, (num_samples,))
-    log_joint_S = model.prior(theta, phi).log_prob(z_SxL) + model.likelihood(theta, z_SxL).log_prob(
-        x
-    )
+    log_joint_S = model.prior(theta, phi).log_prob(z_SxL) + model.likelihood(
+        theta, z_SxL, phi
+    ).log_prob(x)
     return log_joint_S - q_z.log_prob(z_SxL)
 
 

@@ -94,6 +94,11 @@ def realign(theta: Theta, phi: Phi, moments: dict) -> tuple[Theta, Phi]:
         }
     else:
         encoder = dict(phi["q_z_given_x"])
+        if "loc" not in encoder:
+            raise ValueError(
+                "realign folds the map into the encoder's 'loc' head of a shared-trunk MLP; "
+                f"this encoder has layers {sorted(encoder)}"
+            )
         loc = encoder["loc"]
         encoder["loc"] = {"kernel": loc["kernel"] / s[None, :], "bias": (loc["bias"] - m) / s}
         encoder[LOG_SCALE_SHIFT] = encoder.get(LOG_SCALE_SHIFT, jnp.zeros_like(m)) - log_s
@@ -101,6 +106,11 @@ def realign(theta: Theta, phi: Phi, moments: dict) -> tuple[Theta, Phi]:
 
     decoder = dict(theta["p_x_given_z"])
     for name in _decoder_layers_reading_z(decoder):
+        if "kernel" not in decoder[name]:
+            raise ValueError(
+                f"decoder layer {name!r} is tied to the encoder (its kernel is stored in phi); "
+                "realign needs untied weights"
+            )
         kernel_LxH, bias_H = decoder[name]["kernel"], decoder[name]["bias"]
         if kernel_LxH.shape[0] != latent_dim:
             raise ValueError(

@@ -32,6 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
     # "amortised": phi = encoder weights; "per_datapoint": phi = one (loc, log_scale) per
     # training image, trained with theta (a VAE with no encoder; test q's are fitted).
     config.model.inference = "amortised"
+    # Parameter sharing between theta and phi, and within phi:
+    # tie_weights "x_layers": decoder output kernel = encoder input kernel transposed
+    # (stored once, in phi); "z_layers": decoder first kernel = encoder mean kernel^T.
+    config.model.tie_weights = "none"
+    config.model.encoder_trunk = "shared"  # | "separate": mu and log sigma from own MLPs
 
     config.objective = ml_collections.ConfigDict()
     config.objective.name = "elbo"  # "elbo" | "iwae"
