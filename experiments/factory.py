@@ -17,8 +17,9 @@ from vae_jax.networks import LOG_SCALE_SHIFT
 from vae_jax.objectives import make_elbo, make_iwae_bound
 from vae_jax.realign import make_adjustment
 from vae_jax.train import iwae_learning_rate_schedule
+from vae_jax.wake_sleep import make_wake_sleep
 
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "wake_sleep")
 OPTIMIZERS = ("adam", "adagrad")
 SCHEDULES = ("constant", "iwae")
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -51,11 +52,14 @@ def build_objective_at_beta(config: ml_collections.ConfigDict, model: LatentVari
     """``beta -> objective_fn`` (beta is the KL warm-up weight of the ELBO)."""
     o = config.objective
     name = _choose(o.name, OBJECTIVES, "objective")
+    if name in ("iwae", "wake_sleep") and o.warmup_epochs:
+        raise ValueError("KL warm-up is defined for the ELBO only; set objective.warmup_epochs=0")
+    if name == "wake_sleep":
+        if int(o.num_samples) != 1:
+            raise ValueError("wake-sleep draws one wake and one dream sample; set num_samples=1")
+        wake_sleep = make_wake_sleep(model)
+        return lambda beta: wake_sleep
     if name == "iwae":
-        if o.warmup_epochs:
-            raise ValueError(
-                "KL warm-up is defined for the ELBO only; set objective.warmup_epochs=0"
-            )
         iwae = make_iwae_bound(model, int(o.num_samples))
         return lambda beta: iwae
     make_elbo(model, int(o.num_samples), o.kl)  # validate options before any tracing

@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.encoder_trunk = "shared"  # | "separate": mu and log sigma from own MLPs
 
     config.objective = ml_collections.ConfigDict()
-    config.objective.name = "elbo"  # "elbo" | "iwae"
+    config.objective.name = "elbo"  # "elbo" | "iwae" | "wake_sleep" (Hinton et al. 1995)
     config.objective.num_samples = 1
     config.objective.kl = "auto"  # "auto" (analytic if it exists) | "analytic" | "sample"
     config.objective.warmup_epochs = 0  # linear KL warm-up, ELBO only
