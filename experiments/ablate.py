@@ -77,7 +77,6 @@ GRIDS: dict[str, tuple[str, dict[str, dict], str]] = {
             # the same config as priors/standard_normal: pass that grid's workdir to reuse it
             "standard_normal": {"model.prior": "standard_normal"},
             "tied_x_layers": {"model.tie_weights": "x_layers"},
-            "tied_z_layers": {"model.tie_weights": "z_layers"},
             "separate_trunks": {"model.encoder_trunk": "separate"},
             "per_datapoint": {"model.inference": "per_datapoint"},
         },
@@ -89,7 +88,7 @@ GRIDS: dict[str, tuple[str, dict[str, dict], str]] = {
             f"{method}_L{latent}": {
                 "model.latent_dim": latent,
                 "objective.name": method,
-                "train.epochs": 20,
+                "train.epochs": 10,
                 "eval.num_importance_samples": 100,
                 "eval.plots": False,
             }
