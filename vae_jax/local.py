@@ -135,3 +135,44 @@ def fit_local_in_batches(fit_fn, key, theta, start_phi, x, batch_size, desc=None
         traces.append(np.asarray(trace_TxB)[:, : b.valid])
     phi = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *fitted_rows)
     return phi, np.concatenate(traces, axis=1)
+
+
+def make_semi_amortised_elbo(
+    model: LatentVariableModel,
+    num_steps: int,
+    learning_rate: float = 1e-2,
+    num_samples: int = 1,
+    kl: str = "auto",
+):
+    """A semi-amortised training objective for one example (Kim et al. 2018).
+
+    The encoder proposes q_phi(z|x); ``num_steps`` steps of :func:`make_fit_local`
+    refine its (loc, log_scale) for this x with theta fixed, giving q_T. Then
+
+        value = ELBO(theta; q_T)  +  ELBO(phi; q_phi),
+
+    with q_T and theta held fixed (stop_gradient) in the term that does not
+    train them: theta learns from the refined posterior, phi learns to
+    predict a good start. This is the variant without back-propagation through
+    the refinement steps (cheaper; Kim et al. also differentiate through them).
+    ``aux`` is the refined ELBO's; ``aux["elbo_encoder"]`` is the encoder's own.
+    Needs an amortised encoder and a prior that does not read phi.
+    """
+    if int(num_steps) < 1:
+        raise ValueError(f"semi-amortised inference needs num_steps >= 1, got {num_steps}")
+    elbo = make_elbo(model, num_samples, kl)
+    fit = make_fit_local(model, int(num_steps), learning_rate, num_samples, kl)
+
+    def objective(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array):
+        if "q_z_given_x" not in phi:
+            raise ValueError("semi-amortised inference refines an amortised encoder's q")
+        refine_key, theta_key, phi_key = jax.random.split(key, 3)
+        stop = jax.lax.stop_gradient
+        start = encoder_outputs(model, stop(phi), x[None])
+        refined, _ = fit(refine_key, theta, start, x[None])  # fit_local stops theta's gradient
+        refined = stop(jax.tree_util.tree_map(lambda a: a[0], refined))
+        value_theta, aux = elbo(theta_key, theta, refined, x)
+        value_phi, aux_phi = elbo(phi_key, stop(theta), phi, x)
+        return value_theta + value_phi, {**aux, "elbo_encoder": aux_phi["elbo"]}
+
+    return objective

@@ -31,7 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.freeze_prior = False  # exclude theta["p_z"] from the optimiser
     # "amortised": phi = encoder weights; "per_datapoint": phi = one (loc, log_scale) per
     # training image, trained with theta (a VAE with no encoder; test q's are fitted).
+    # "semi_amortised": the encoder's q refined by semi_amortised_steps Adam steps
+    # (optimizer.local_learning_rate) per training example before theta's update.
     config.model.inference = "amortised"
+    config.model.semi_amortised_steps = 5
     # Parameter sharing between theta and phi, and within phi:
     # tie_weights "x_layers": decoder output kernel = encoder input kernel transposed
     # (stored once, in phi); "z_layers": decoder first kernel = encoder mean kernel^T.
