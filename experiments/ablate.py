@@ -152,10 +152,21 @@ def arm_config(grid: str, arm: str, seed: int, arg: str | None) -> ml_collection
     return config
 
 
-def run_grid(grid: str, arg: str | None, seeds: int, workdir: Path) -> None:
+def select_arms(grid: str, names: str | None) -> list[str]:
+    """All arms of ``grid``, or the comma-separated ``names`` (checked) in grid order."""
+    arms = list(GRIDS[grid][1])
+    if not names:
+        return arms
+    chosen = names.split(",")
+    unknown = sorted(set(chosen) - set(arms))
+    if unknown:
+        raise SystemExit(f"error: grid {grid!r} has no arms {unknown}; its arms: {arms}")
+    return [arm for arm in arms if arm in chosen]
+
+
+def run_grid(grid: str, arg: str | None, seeds: int, workdir: Path, arms: list[str]) -> None:
     from experiments.main import train_and_evaluate  # jax/tfds imports only when training
 
-    _, arms, _ = GRIDS[grid]
     # Seed-major: every arm has a first result before any arm gets a second.
     for seed in range(seeds):
         for arm in arms:
@@ -208,10 +219,12 @@ def results_table(grid: str, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(grid: str, arg: str | None, seeds: int, workdir: Path, command: str) -> Path:
+def write_report(
+    grid: str, arg: str | None, seeds: int, workdir: Path, command: str, chosen: list[str]
+) -> Path:
     base, arms, question = GRIDS[grid]
     runs = {}
-    for arm in arms:
+    for arm in chosen:
         found = [collect(workdir / arm / f"seed{s}") for s in range(seeds)]
         runs[arm] = [r for r in found if r is not None]
     runs = {arm: results for arm, results in runs.items() if results}
@@ -343,19 +356,23 @@ def main(argv=None) -> Path:
     parser.add_argument("--grid", required=True, help=f"one of {sorted(GRIDS)}, optionally :smoke")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--arms", help="comma-separated subset of the grid's arms")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     grid, arg = parse_grid(args.grid)
+    arms = select_arms(grid, args.arms)
     workdir = Path(args.workdir)
     command = (
         f"python -m experiments.ablate --grid {args.grid} --seeds {args.seeds} --workdir {workdir}"
     )
     start = time.time()
+    if args.arms:
+        command += f" --arms {args.arms}"
     if not args.report_only:
-        run_grid(grid, arg, args.seeds, workdir)
-    path = write_report(grid, arg, args.seeds, workdir, command)
+        run_grid(grid, arg, args.seeds, workdir, arms)
+    path = write_report(grid, arg, args.seeds, workdir, command, arms)
     print(f"{path} written ({time.time() - start:.0f} s)")
     return path
 
