@@ -9,7 +9,8 @@ Each arm is a base config plus dotted overrides (the same keys as
 is resumable and a finished run (its ``results.json`` exists) is not redone.
 Runs go one after another: on 2 CPU cores a second run would only share them.
 Re-running the command after adding seeds or arms reuses every finished run.
-``--report-only`` rewrites the table and plots from the runs already there.
+``--report-only`` rewrites the table and plots from the runs already there;
+``--publish experiments/results`` copies them to ``experiments/results/<grid>/``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -358,6 +360,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--arms", help="comma-separated subset of the grid's arms")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--publish", help="also copy RESULTS.md and the PNGs to PUBLISH/<grid>/ (committed docs)"
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -374,6 +379,13 @@ def main(argv=None) -> Path:
         run_grid(grid, arg, args.seeds, workdir, arms)
     path = write_report(grid, arg, args.seeds, workdir, command, arms)
     print(f"{path} written ({time.time() - start:.0f} s)")
+    if args.publish:
+        target = Path(args.publish) / grid
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("RESULTS.md", "curves.png", "aggregate.png", "figure2.png"):
+            if (workdir / name).exists():
+                shutil.copyfile(workdir / name, target / name)
+        print(f"copied to {target}")
     return path
 
 
