@@ -81,6 +81,7 @@ GRIDS: dict[str, tuple[str, dict[str, dict], str]] = {
             "tied_x_layers": {"model.tie_weights": "x_layers"},
             "separate_trunks": {"model.encoder_trunk": "separate"},
             "per_datapoint": {"model.inference": "per_datapoint"},
+            "semi_amortised": {"model.inference": "semi_amortised"},
         },
         "What happens when theta and phi share a tensor, or phi is not amortised?",
     ),
