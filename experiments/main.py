@@ -425,9 +425,7 @@ def check_overrides(argv: list[str]) -> None:
     if config_arg is None:
         return
     path, _, arg = config_arg.partition(":")
-    namespace: dict = {}
-    exec(compile(Path(path).read_text(), path, "exec"), namespace)  # as config_flags does
-    config = namespace["get_config"](arg or None)
+    config = factory.load_config(path, arg or None)
     for item in argv:
         if not item.startswith("--config."):
             continue

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import ablate
+from experiments import ablate, factory
 
 
 def test_smoke_grid_runs_reuses_and_reports(tmp_path):
@@ -42,14 +42,12 @@ def test_unknown_grid_arm_or_override_is_a_clear_error():
         ablate.parse_grid("prior")
     with pytest.raises(SystemExit, match="no arms \\['vamp'\\]"):
         ablate.select_arms("priors", "vamp")
-    config = ablate.load_config(ablate.DEFAULT, "smoke")
+    config = factory.load_config(ablate.DEFAULT, "smoke")
     with pytest.raises(KeyError, match="model.priors"):
         ablate.apply_overrides(config, {"model.priors": "x"})
 
 
 def test_every_arm_of_every_grid_builds_a_valid_config():
-    from experiments import factory
-
     for grid, (_, arms, _) in ablate.GRIDS.items():
         for arm in arms:
             config = ablate.arm_config(grid, arm, 0, None)
