@@ -1,8 +1,8 @@
 """What bounds vae_jax's speed on this machine: two measurements behind README's
 performance notes.
 
-    python -m experiments.speed_profile is-working-set   # IS-5000 time vs images x samples in flight
-    python -m experiments.speed_profile epoch-parts      # epoch time with parts swapped out
+    python -m experiments.speed_profile is-working-set  # IS-5000 time vs samples in flight
+    python -m experiments.speed_profile epoch-parts     # epoch time with parts swapped out
 
 ``is-working-set`` times IS-5000 on 200 binarised test images (default model,
 784-200-20) for several (images per call, samples per chunk) and scales to 10k
