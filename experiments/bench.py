@@ -16,7 +16,7 @@ Reports medians over ``--rounds`` of:
   * compile seconds of the train epoch and of the IS evaluator.
 Results are printed and written to runs/bench/bench.json.
 
-``--smoke`` runs the same code at toy size in seconds (512 random images, one
+``--smoke`` runs the same code at toy size (512 random images, one
 round, IS-50, a 256^3 matmul, no PyTorch) and writes runs/bench/smoke.json: it
 checks that the benchmark runs, its numbers mean nothing. tests/test_bench.py
 runs it.
@@ -52,7 +52,7 @@ TORCH_STAMP = ".installed"  # written into the venv by the Makefile once the ins
 
 
 class Sizes(NamedTuple):
-    """How big each measurement is; ``SMOKE`` runs every code path in seconds."""
+    """How big each measurement is; ``SMOKE`` runs every code path at toy size."""
 
     train_images: int | None  # None: all 50k MNIST training images
     matmul_n: int
