@@ -255,7 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument(
-        "--smoke", action="store_true", help="toy sizes, one round, no PyTorch: seconds"
+        "--smoke", action="store_true", help="toy sizes, one round, no PyTorch: checks that it runs"
     )
     parser.add_argument("--out", help="JSON report (default runs/bench/bench.json or smoke.json)")
     parser.add_argument("--torch-venv", type=Path, default=TORCH_VENV, help=argparse.SUPPRESS)
