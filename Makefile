@@ -7,7 +7,18 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/default
 CONFIG ?= experiments/configs/default.py
 
-.PHONY: install run smoke test lint bench clean
+# The PyTorch reference of `make bench` lives in its own venv: torch is no dependency of
+# ours. experiments/bench.py names the same pin (tests/test_bench.py checks they agree).
+TORCH_VENV := .venv-torch
+TORCH_PIN := torch==2.13.0
+TORCH_STAMP := $(TORCH_VENV)/.installed
+# Only the CPU is timed; where pip would pick a CUDA build, a smaller download is
+# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+TORCH_PIP_ARGS ?=
+# Options of experiments/bench.py, e.g. make bench BENCH_ARGS="--rounds 1".
+BENCH_ARGS ?=
+
+.PHONY: install install-torch run smoke test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +43,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check vae_jax experiments tests
 	$(VENV)/bin/ruff format --check vae_jax experiments tests
 
-bench: $(STAMP)
-	$(PY) -m experiments.bench
+$(TORCH_STAMP): Makefile
+	test -x $(TORCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TORCH_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_PIN)" numpy
+	touch $(TORCH_STAMP)
+
+install-torch: $(TORCH_STAMP)
+
+bench: $(STAMP) $(TORCH_STAMP)
+	$(PY) -m experiments.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf runs/smoke .pytest_cache

@@ -1,19 +1,25 @@
 """`make bench`: speed and memory of vae_jax against references measured in the same run.
 
-    python -m experiments.bench [--rounds 5] [--is-examples 10000] [--no-torch]
+    make bench    # installs .venv-torch (torch==2.13.0, CPU) first, then runs:
+    python -m experiments.bench [--rounds 5] [--is-examples 10000] [--no-torch] [--smoke]
 
 Reports medians over ``--rounds`` of:
   * this machine's dense float32 matmul peak (2048^3), the yardstick for GFLOP/s;
   * one training epoch (50k images) of the 784-400-20 ReLU MLP VAE at batch 128,
     vae_jax vs PyTorch's examples/vae loop (experiments/bench_torch.py, run in
-    .venv-torch with torch==2.13.0), epochs interleaved so both see the same
-    machine load; the ratio is vae_jax time / PyTorch time;
+    .venv-torch, which `make install-torch` creates), epochs interleaved so both
+    see the same machine load; the ratio is vae_jax time / PyTorch time;
   * one epoch of the IWAE 1-layer architecture (784-200-200-50) at batch 100,
     as achieved GFLOP/s against the matmul peak;
   * IS-5000 log p(x) over the test images (IWAE architecture): seconds, images/s,
     compiled temporary memory for k = 5,000 and 50,000, and the process peak RSS;
   * compile seconds of the train epoch and of the IS evaluator.
 Results are printed and written to runs/bench/bench.json.
+
+``--smoke`` runs the same code at toy size (512 random images, one
+round, IS-50, a 256^3 matmul, no PyTorch) and writes runs/bench/smoke.json: it
+checks that the benchmark runs, its numbers mean nothing. tests/test_bench.py
+runs it.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +46,61 @@ from vae_jax.objectives import make_elbo
 from vae_jax.train import init_train_state, make_train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_VENV = ROOT / ".venv-torch"
-TORCH_PIN = "torch==2.13.0"
+TORCH_VENV = ROOT / ".venv-torch"  # made by `make install-torch`, which `make bench` runs
+TORCH_PIN = "torch==2.13.0"  # the Makefile's TORCH_PIN; tests/test_bench.py checks they agree
+TORCH_STAMP = ".installed"  # written into the venv by the Makefile once the install succeeded
 
 
-def matmul_peak_gflops(rounds: int, n: int = 2048) -> float:
+class Sizes(NamedTuple):
+    """How big each measurement is; ``SMOKE`` runs every code path at toy size."""
+
+    train_images: int | None  # None: all 50k MNIST training images
+    matmul_n: int
+    is_num_samples: int
+    is_chunk_size: int
+    is_batch_size: int
+    temp_num_samples: tuple[int, int]  # the IS sample counts whose memory is compared
+    compiler_options: dict | None = None  # XLA's, for every compile of the benchmark
+
+
+FULL = Sizes(None, 2048, 5000, 625, 4, (5_000, 50_000))  # IS: experiments/configs/base.py
+# Compiling is most of a smoke run; XLA's quick settings make it a few times faster
+# (the same programs, less optimised machine code: smoke timings mean nothing anyway).
+QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+SMOKE = Sizes(512, 256, 50, 25, 4, (50, 500), QUICK_COMPILE)
+SMOKE_TEST_IMAGES = 8
+
+
+def reference_argv(python: Path, script: Path, *args: str) -> list[str]:
+    """The command that starts a reference script in another interpreter.
+
+    ``-I`` (isolated mode) keeps the script's directory, the cwd, PYTHONPATH and
+    the user site off sys.path: the reference imports only its own venv's
+    packages, never a file of ours (experiments/profile.py once shadowed the
+    stdlib's ``profile`` inside torch's process).
+    """
+    return [str(python), "-I", str(script), *args]
+
+
+def torch_python(venv: Path) -> Path:
+    """The reference venv's interpreter, or a one-line exit saying how to make it."""
+    python = venv / "bin" / "python"
+    if not (python.exists() and (venv / TORCH_STAMP).exists()):
+        raise SystemExit(
+            f"error: no PyTorch reference venv at {venv} ({TORCH_PIN}): run `make bench`, "
+            "which installs it (`make install-torch`), or pass --no-torch"
+        )
+    return python
+
+
+def compile_jit(fn, args, compiler_options: dict | None, **jit_kwargs):
+    """``jax.jit(fn)`` compiled ahead of time for ``args``."""
+    return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options)
+
+
+def matmul_peak_gflops(rounds: int, n: int, compiler_options: dict | None = None) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n))
-    matmul = jax.jit(lambda a: a @ a)
+    matmul = compile_jit(lambda a: a @ a, (a,), compiler_options)
     matmul(a).block_until_ready()
     times = []
     for _ in range(rounds * 3):
@@ -67,10 +121,18 @@ def training_macs_per_example(sizes_encoder, sizes_decoder) -> int:
 class JaxEpoch:
     """A compiled vae_jax epoch; ``run()`` times one epoch."""
 
-    def __init__(self, x_train, hidden, latent, activation, batch_size, dynamic):
+    def __init__(
+        self, x_train, hidden, latent, activation, batch_size, dynamic, compiler_options=None
+    ):
         model = make_vae(784, latent, hidden, activation=activation)
         optimizer = optax.adam(1e-3)
-        self.state = init_train_state(jax.random.key(0), model, optimizer)
+        # One compiled init, not dozens of eagerly compiled initialiser ops: not timed,
+        # but it would be most of a --smoke run.
+        key = jax.random.key(0)
+        init_fn = compile_jit(
+            lambda key: init_train_state(key, model, optimizer), (key,), compiler_options
+        )
+        self.state = init_fn(key)
         epoch_fn = make_train_epoch(
             lambda beta: make_elbo(model, beta=beta),
             optimizer,
@@ -83,7 +145,7 @@ class JaxEpoch:
         self.epoch = 0
         start = time.perf_counter()
         args = (self.state, self.key, jnp.asarray(0, jnp.int32), self.x)
-        self.fn = jax.jit(epoch_fn, donate_argnums=0).lower(*args).compile()
+        self.fn = compile_jit(epoch_fn, args, compiler_options, donate_argnums=0)
         self.compile_seconds = time.perf_counter() - start
 
     def run(self) -> tuple[float, float]:
@@ -99,125 +161,190 @@ class JaxEpoch:
 class TorchEpoch:
     """The PyTorch reference in its own process, one epoch per request."""
 
-    def __init__(self, x_train: np.ndarray):
-        python = TORCH_VENV / "bin" / "python"
-        if not python.exists():
-            print(f"installing {TORCH_PIN} (CPU) into {TORCH_VENV} for the reference ...")
-            subprocess.run([sys.executable, "-m", "venv", str(TORCH_VENV)], check=True)
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", TORCH_PIN, "numpy"], check=True
-            )
+    def __init__(self, python: Path, x_train: np.ndarray):
         self.tmp = tempfile.NamedTemporaryFile(suffix=".npy", delete=False)
+        self.tmp.close()
         np.save(self.tmp.name, x_train)
         self.proc = subprocess.Popen(
-            [str(python), str(ROOT / "experiments" / "bench_torch.py"), self.tmp.name],
+            reference_argv(python, ROOT / "experiments" / "bench_torch.py", self.tmp.name),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        self.info = json.loads(self.proc.stdout.readline())
+        self.info = self._reply()
+        want = TORCH_PIN.split("==")[1]
+        if not self.info["torch"].startswith(want):
+            self.close()
+            raise SystemExit(
+                f"error: {python} has torch {self.info['torch']}, the benchmark pins {TORCH_PIN}: "
+                f"remove {python.parents[1]} and run `make bench` again"
+            )
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:  # its traceback went to our stderr
+            self.close()
+            raise SystemExit(
+                f"error: the PyTorch reference exited (status {self.proc.returncode}); "
+                "its error is printed above"
+            )
+        return json.loads(line)
 
     def run(self) -> tuple[float, float]:
         self.proc.stdin.write("epoch\n")
         self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
+        reply = self._reply()
         return reply["seconds"], reply["loss"]
 
     def close(self):
-        self.proc.stdin.close()
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
         self.proc.wait()
-        os.unlink(self.tmp.name)
+        self.proc.stdout.close()
+        if os.path.exists(self.tmp.name):
+            os.unlink(self.tmp.name)
 
 
-def bench_is(x_test_bits, num_samples, chunk_size, batch_size) -> dict:
+def bench_is(x_test_bits, sizes: Sizes) -> dict:
     model = make_vae(784, 50, (200, 200))
-    theta, phi = model.init(jax.random.key(0))
     key = jax.random.key(2)
+    theta, phi = compile_jit(model.init, (key,), sizes.compiler_options)(jax.random.key(0))
+    batch_size = sizes.is_batch_size
     x0, i0 = jnp.asarray(x_test_bits[:batch_size]), jnp.arange(batch_size)
 
-    def compiled(k):
-        return jax.jit(make_log_p_x(model, k, chunk_size)).lower(key, theta, phi, x0, i0).compile()
+    compiled = {}
+
+    def compile_for(k):
+        if k not in compiled:
+            log_p_x_fn = make_log_p_x(model, k, sizes.is_chunk_size)
+            args = (key, theta, phi, x0, i0)
+            compiled[k] = compile_jit(log_p_x_fn, args, sizes.compiler_options)
+        return compiled[k]
 
     start = time.perf_counter()
-    fn = compiled(num_samples)
+    fn = compile_for(sizes.is_num_samples)
     compile_seconds = time.perf_counter() - start
-    temp = {k: compiled(k).memory_analysis().temp_size_in_bytes for k in (5_000, 50_000)}
+    k_small, k_large = sizes.temp_num_samples
+    temp = {k: compile_for(k).memory_analysis().temp_size_in_bytes for k in (k_small, k_large)}
     start = time.perf_counter()
     log_p_x = map_dataset(fn, key, theta, phi, x_test_bits, batch_size)
     seconds = time.perf_counter() - start
     assert np.all(np.isfinite(log_p_x))
     return {
-        "is_num_samples": num_samples,
+        "is_num_samples": sizes.is_num_samples,
         "is_examples": int(x_test_bits.shape[0]),
         "is_seconds": seconds,
         "is_images_per_second": x_test_bits.shape[0] / seconds,
         "is_seconds_per_10k_images": seconds * 10_000 / x_test_bits.shape[0],
         "is_compile_seconds": compile_seconds,
-        "is_temp_bytes_k5000": temp[5_000],
-        "is_temp_bytes_k50000": temp[50_000],
+        f"is_temp_bytes_k{k_small}": temp[k_small],
+        f"is_temp_bytes_k{k_large}": temp[k_large],
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--is-examples", type=int, default=10_000)
-    parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--out", default="runs/bench/bench.json")
-    args = parser.parse_args()
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per measurement")
+    parser.add_argument(
+        "--is-examples", type=int, default=10_000, help="test images scored by IS-5000"
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument(
+        "--smoke", action="store_true", help="toy sizes, one round, no PyTorch: checks that it runs"
+    )
+    parser.add_argument("--out", help="JSON report (default runs/bench/bench.json or smoke.json)")
+    parser.add_argument("--torch-venv", type=Path, default=TORCH_VENV, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if not 1 <= args.is_examples <= 10_000:
+        parser.error(f"--is-examples must be in [1, 10000] (the test set), got {args.is_examples}")
+    if args.smoke:
+        args.rounds, args.no_torch = 1, True
+    if args.out is None:
+        args.out = "runs/bench/smoke.json" if args.smoke else "runs/bench/bench.json"
+    return args
 
-    splits = load_mnist()
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    python = None if args.no_torch else torch_python(args.torch_venv)  # fail before any work
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    if args.smoke:  # random grey images: the code paths, not MNIST's loading, are the point
+        rng = np.random.default_rng(0)
+        x_train = rng.random((sizes.train_images, 784), dtype=np.float32)
+        x_test = rng.random((SMOKE_TEST_IMAGES, 784), dtype=np.float32)
+    else:
+        splits = load_mnist()
+        x_train, x_test = splits.train, splits.test[: args.is_examples]
+    n_train = x_train.shape[0]
     report = {
+        "smoke": args.smoke,
         "jax_version": jax.__version__,
         "device": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
         "rounds": args.rounds,
+        "train_images": n_train,
     }
-    report["matmul_peak_gflops"] = matmul_peak_gflops(args.rounds)
+    report["matmul_peak_gflops"] = matmul_peak_gflops(
+        args.rounds, sizes.matmul_n, sizes.compiler_options
+    )
 
     # 1. vae_jax vs PyTorch, same model, same data (grey values, as examples/vae), interleaved.
-    jax_epoch = JaxEpoch(splits.train, (400,), 20, "relu", 128, dynamic=False)
+    jax_epoch = JaxEpoch(
+        x_train, (400,), 20, "relu", 128, dynamic=False, compiler_options=sizes.compiler_options
+    )
     report["train_compile_seconds"] = jax_epoch.compile_seconds
-    torch_epoch = None if args.no_torch else TorchEpoch(splits.train)
+    torch_epoch = None if python is None else TorchEpoch(python, x_train)
     jax_times, torch_times = [], []
-    for r in range(args.rounds):
-        jax_times.append(jax_epoch.run()[0])
+    try:
+        for r in range(args.rounds):
+            jax_times.append(jax_epoch.run()[0])
+            if torch_epoch:
+                torch_times.append(torch_epoch.run()[0])
+            print(
+                f"round {r + 1}: vae_jax {jax_times[-1]:.2f} s"
+                + (f", pytorch {torch_times[-1]:.2f} s" if torch_times else ""),
+                flush=True,
+            )
+    finally:
         if torch_epoch:
-            torch_times.append(torch_epoch.run()[0])
-        print(
-            f"round {r + 1}: vae_jax {jax_times[-1]:.2f} s"
-            + (f", pytorch {torch_times[-1]:.2f} s" if torch_times else ""),
-            flush=True,
-        )
+            torch_epoch.close()
     report["vae_784_400_20_b128_epoch_seconds"] = float(np.median(jax_times))
-    report["vae_784_400_20_b128_images_per_second"] = 50_000 / float(np.median(jax_times))
+    report["vae_784_400_20_b128_images_per_second"] = n_train / float(np.median(jax_times))
     if torch_epoch:
         report["pytorch_threads"] = torch_epoch.info["threads"]
         report["pytorch_version"] = torch_epoch.info["torch"]
-        torch_epoch.close()
         report["pytorch_epoch_seconds"] = float(np.median(torch_times))
         report["ratio_vae_jax_over_pytorch"] = (
             report["vae_784_400_20_b128_epoch_seconds"] / report["pytorch_epoch_seconds"]
         )
 
     # 2. The IWAE architecture at batch 100: achieved GFLOP/s against the peak.
-    iwae_epoch = JaxEpoch(splits.train, (200, 200), 50, "tanh", 100, dynamic=True)
+    iwae_epoch = JaxEpoch(
+        x_train, (200, 200), 50, "tanh", 100, dynamic=True, compiler_options=sizes.compiler_options
+    )
     iwae_times = [iwae_epoch.run()[0] for _ in range(args.rounds)]
     macs = training_macs_per_example([784, 200, 200, 100], [50, 200, 200, 784])
-    flops = 6 * macs * 50_000  # forward 2, backward 4 FLOPs per multiply-accumulate
+    flops = 6 * macs * n_train  # forward 2, backward 4 FLOPs per multiply-accumulate
     report["iwae_arch_b100_epoch_seconds"] = float(np.median(iwae_times))
     report["iwae_arch_b100_gflops"] = flops / float(np.median(iwae_times)) / 1e9
     report["iwae_arch_fraction_of_peak"] = (
         report["iwae_arch_b100_gflops"] / report["matmul_peak_gflops"]
     )
 
-    # 3. IS-5000 over the test set.
-    bits = binarize_once(0, splits.test[: args.is_examples])
-    report.update(bench_is(bits, 5000, 625, 4))  # the defaults of experiments/configs/base.py
+    # 3. IS log p(x) over the test set (IS-5000 unless --smoke).
+    report.update(bench_is(binarize_once(0, x_test), sizes))
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     width = max(map(len, report))
     for name, value in report.items():
@@ -226,6 +353,8 @@ def main():
             if isinstance(value, float)
             else f"{name:<{width}}  {value}"
         )
+    print(f"written to {out}")
+    return report
 
 
 if __name__ == "__main__":

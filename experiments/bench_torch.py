@@ -2,10 +2,11 @@
 trained the way PyTorch's well-known `examples/vae` trains it (ReLU MLP, BCE
 with sum reduction plus the analytic KL, Adam 1e-3, a shuffling DataLoader).
 
-Runs in its own venv (.venv-torch, torch==2.13.0); torch is not a project
-dependency. It is driven over stdin by experiments/bench.py so that its epochs
-interleave with vae_jax's: each line "epoch" runs one epoch and prints
-{"seconds": ..., "loss": ...} as JSON.
+Runs in its own venv (.venv-torch, torch==2.13.0, made by `make install-torch`);
+torch is not a project dependency. experiments/bench.py starts it with
+``python -I`` (isolated mode) so that no file of ours is importable here, and
+drives it over stdin so that its epochs interleave with vae_jax's: each line
+"epoch" runs one epoch and prints {"seconds": ..., "loss": ...} as JSON.
 """
 
 import json

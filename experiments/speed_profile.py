@@ -1,8 +1,8 @@
 """What bounds vae_jax's speed on this machine: two measurements behind README's
 performance notes.
 
-    python -m experiments.profile is-working-set   # IS-5000 time vs images x samples in flight
-    python -m experiments.profile epoch-parts      # epoch time with parts swapped out
+    python -m experiments.speed_profile is-working-set  # IS-5000 time vs samples in flight
+    python -m experiments.speed_profile epoch-parts     # epoch time with parts swapped out
 
 ``is-working-set`` times IS-5000 on 200 binarised test images (default model,
 784-200-20) for several (images per call, samples per chunk) and scales to 10k
@@ -13,7 +13,7 @@ epochs after compilation). Untrained weights: timing does not depend on them.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import jax
@@ -81,8 +81,17 @@ def epoch_parts():
         )
 
 
+COMMANDS = {"is-working-set": is_working_set, "epoch-parts": epoch_parts}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.speed_profile",
+        description="What bounds vae_jax's speed on this machine (README, Performance).",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    COMMANDS[parser.parse_args(argv).command]()
+
+
 if __name__ == "__main__":
-    commands = {"is-working-set": is_working_set, "epoch-parts": epoch_parts}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python -m experiments.profile {{{'|'.join(commands)}}}")
-    commands[sys.argv[1]]()
+    main()
