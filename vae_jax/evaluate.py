@@ -10,6 +10,7 @@ compiles once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -73,6 +74,96 @@ def make_log_p_x(
         x_BxD = constrain_batch(x_BxD, batch_sharding)
         return jax.vmap(log_p_x, in_axes=(0, None, phi_axis(phi), 0))(
             _per_example_keys(key, index_B), theta, phi, x_BxD
+        )
+
+    return batch
+
+
+def _chunked_logsumexp(log_w_fn: Callable, key: jax.Array, num_samples: int, chunk_size: int):
+    """log sum_s exp(log w_s) over ``num_samples`` weights drawn in chunks.
+
+    ``log_w_fn(chunk_key, chunk_size) -> [chunk_size]``; chunk c uses
+    ``fold_in(key, c)``, the last partial chunk is masked, and memory is set by
+    ``chunk_size``. Returns -inf for ``num_samples = 0``.
+    """
+    if num_samples == 0:
+        return jnp.array(-jnp.inf, dtype=jnp.result_type(float))
+    chunk_size = min(chunk_size, num_samples)
+
+    def add_chunk(running, chunk_index):
+        log_w_C = log_w_fn(jax.random.fold_in(key, chunk_index), chunk_size)
+        valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
+        chunk = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
+        return jnp.logaddexp(running, chunk), None
+
+    init = jnp.array(-jnp.inf, dtype=jnp.result_type(float))
+    chunks = jnp.arange(-(-num_samples // chunk_size), dtype=jnp.uint32)
+    total, _ = jax.lax.scan(add_chunk, init, chunks)
+    return total
+
+
+def make_mixture_log_p_x(
+    model: LatentVariableModel, num_samples: int = 5000, chunk_size: int = 500
+) -> Callable:
+    """``(key, theta, phi, phi_star, x_BxD, index_B) -> log p(x) [B]``: IS with two proposals.
+
+    The proposal is the mixture r(z) = a q_phi(z|x) + (1 - a) q*(z) of the
+    model's encoder (``phi``, amortised) and a second Gaussian per example
+    (``phi_star``: per-datapoint rows, e.g. a fitted q*). S_phi = S - S // 2
+    draws come from q_phi and S_star = S // 2 from q*, a = S_phi / S, and every
+    draw is weighted against the whole mixture:
+
+        log p(x) ~= log (1/S) sum_s p(x, z_s) / r(z_s)
+
+    This is the deterministic-mixture (balance heuristic) estimator of
+    multiple importance sampling (Veach & Guibas 1995; Owen & Zhou 2000). Its
+    mean is p(x) exactly, so by Jensen its log is a stochastic lower bound on
+    log p(x), like IS with one proposal. Taking per example the larger of two
+    single-proposal estimates is not: the maximum of two noisy estimates is
+    biased upward. No weight exceeds p(x, z) / (a q_phi(z|x)), so a poor q*
+    cannot make the weights heavier-tailed than IS with q_phi alone.
+
+    The prior and the likelihood read ``phi`` (the VampPrior and tied decoders
+    do); q* is only a proposal. Example i draws from ``fold_in(key, i)``: its
+    q_phi draws fold in 0 and its q* draws 1, then the chunk index.
+    """
+    num_samples, chunk_size = int(num_samples), int(chunk_size)
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
+        )
+    counts = (num_samples - num_samples // 2, num_samples // 2)  # (S_phi, S_star)
+    log_a, log_1_minus_a = (math.log(n / num_samples) if n else -math.inf for n in counts)
+
+    def log_p_x(example_key, theta, phi, phi_star, x):
+        q_phi, q_star = model.posterior(phi, x), model.posterior(phi_star, x)
+        p_z = model.prior(theta, phi)
+
+        def log_weights(proposal, chunk_key, size):
+            z_CxL = proposal.sample(chunk_key, (size,))
+            log_r_C = jnp.logaddexp(
+                log_a + q_phi.log_prob(z_CxL), log_1_minus_a + q_star.log_prob(z_CxL)
+            )
+            log_joint_C = p_z.log_prob(z_CxL) + model.likelihood(theta, z_CxL, phi).log_prob(x)
+            return log_joint_C - log_r_C
+
+        totals = [
+            _chunked_logsumexp(
+                lambda chunk_key, size, q=q: log_weights(q, chunk_key, size),
+                jax.random.fold_in(example_key, which),
+                n,
+                chunk_size,
+            )
+            for which, (q, n) in enumerate(zip((q_phi, q_star), counts, strict=True))
+        ]
+        return jnp.logaddexp(*totals) - math.log(num_samples)
+
+    def batch(key, theta, phi, phi_star, x_BxD, index_B):
+        if phi_axis(phi) is not None:
+            raise ValueError("make_mixture_log_p_x: phi must be the amortised encoder")
+        keys_B = _per_example_keys(key, index_B)
+        return jax.vmap(log_p_x, in_axes=(0, None, None, phi_axis(phi_star), 0))(
+            keys_B, theta, phi, phi_star, x_BxD
         )
 
     return batch
