@@ -35,7 +35,13 @@ import jax
 import numpy as np
 
 from experiments.main import restore_run, test_bits
-from vae_jax.evaluate import make_elbo_terms, make_mixture_log_p_x, map_dataset
+from vae_jax.evaluate import (
+    Stream,
+    make_elbo_terms,
+    make_mixture_log_p_x,
+    map_dataset,
+    stream_key,
+)
 from vae_jax.local import encoder_outputs, fit_local_in_batches, make_fit_local
 
 
@@ -64,7 +70,7 @@ def measure(
     fit_star = jax.jit(make_fit_local(model, fit_steps, learning_rate, num_samples=8))
     semi, _ = fit_local_in_batches(
         fit_semi,
-        jax.random.fold_in(eval_key, 1),
+        stream_key(eval_key, Stream.FIT_SEMI_AMORTISED),
         theta,
         amortised,
         x,
@@ -73,7 +79,7 @@ def measure(
     )
     star, trace = fit_local_in_batches(
         fit_star,
-        jax.random.fold_in(eval_key, 2),
+        stream_key(eval_key, Stream.FIT_OPTIMAL),
         theta,
         amortised,
         x,

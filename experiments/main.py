@@ -32,6 +32,7 @@ from experiments.configs.base import base_config
 from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
 from vae_jax.evaluate import (
+    Stream,
     active_units,
     aggregate_posterior_moments,
     make_aggregate_kl,
@@ -39,6 +40,7 @@ from vae_jax.evaluate import (
     make_log_p_x,
     make_posterior_moment_sums,
     map_dataset,
+    stream_key,
 )
 from vae_jax.local import fit_local_in_batches, make_fit_local, prior_phi
 from vae_jax.models import num_params
@@ -313,7 +315,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         start = prior_phi(model, theta, x_test.shape[0])
         phi, _ = fit_local_in_batches(
             fit,
-            jax.random.fold_in(eval_key, 1),
+            stream_key(eval_key, Stream.FIT_LOCAL),
             theta,
             start,
             x_test,
@@ -343,9 +345,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     )
     aggregate_kl = None
     if phi_axis(phi) is None:
-        kl, se = jax.jit(make_aggregate_kl(model))(
-            jax.random.fold_in(eval_key, 2), theta, phi, jnp.asarray(x_test)
-        )
+        kl, se = jax.jit(make_aggregate_kl(model))(eval_key, theta, phi, jnp.asarray(x_test))
         aggregate_kl = {
             "value": float(kl),
             "standard_error": float(se),
@@ -380,9 +380,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     if config.eval.plots:
         from experiments import plots  # matplotlib only when plotting
 
-        # Example indices fold into eval_key; the plots use an index no example has.
-        plot_key = jax.random.fold_in(eval_key, np.uint32(2**32 - 1))
-
+        plot_key = stream_key(eval_key, Stream.PLOTS)
         plots.write_all(workdir, model, theta, phi, x_test, plot_key)
         plots.aggregate_posterior(workdir, aggregate, model.prior(theta, state.phi), kl_per_dim)
     return results

@@ -2,14 +2,20 @@
 
 The factories return plain functions; the entry point jits each once.
 
-Per-example keys are ``fold_in(eval_key, example_index)``, so a score does not
-depend on the evaluation batch size, and every model scored with the same key
-sees the same noise. Batches are padded to one fixed shape: each evaluator
-compiles once.
+Randomness: every use of the evaluation key draws from a named stream of its
+own, ``stream_key(eval_key, Stream.X) = fold_in(eval_key, X)``, and only then
+are example indices folded in: ``fold_in(stream_key, example_index)``. Since
+``split(key, n)[j] == fold_in(key, j)``, folding example indices straight into
+the evaluation key would hand example j's noise to any other use that folds a
+small integer j into it. The evaluators fold their own stream in, so callers
+pass the evaluation key itself. A score does not depend on the evaluation batch
+size, and every model scored with the same key sees the same noise. Batches are
+padded to one fixed shape: each evaluator compiles once.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -27,6 +33,31 @@ from vae_jax.parallel import constrain_batch
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 
 
+@enum.unique
+class Stream(enum.IntEnum):
+    """The named random streams under one evaluation key, one per use.
+
+    ``tests/test_streams.py`` collects the keys each use actually draws with
+    and checks that no two uses share one.
+    """
+
+    ELBO = 1  # make_elbo_terms: per example
+    LOG_P_X = 2  # make_log_p_x: per example, then per chunk of samples
+    LOG_P_X_MIXTURE = 3  # make_mixture_log_p_x: per example, per proposal, per chunk
+    AGGREGATE_KL = 4  # make_aggregate_kl
+    FIT_LOCAL = 5  # test-time fit of a per-datapoint model's q's
+    FIT_SEMI_AMORTISED = 6  # the inference gap's refinement of the encoder's q
+    FIT_OPTIMAL = 7  # the inference gap's q*
+    PLOTS = 8  # samples and reconstructions
+    TRAIN_BITS = 9  # one fixed binarisation of training images (aggregate KL by N)
+    AGGREGATE_KL_BY_N = 10  # the aggregate KL of N training images, N folded in
+
+
+def stream_key(key: jax.Array, stream: Stream) -> jax.Array:
+    """``fold_in(key, stream)``: the root key of one named use of ``key``."""
+    return jax.random.fold_in(key, int(stream))
+
+
 def _per_example_keys(key: jax.Array, index_B: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(index_B)
 
@@ -34,14 +65,16 @@ def _per_example_keys(key: jax.Array, index_B: jax.Array) -> jax.Array:
 def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callable:
     """``(key, theta, phi, x_BxD, index_B) -> dict of per-example arrays``.
 
-    ``phi`` may be amortised or per-datapoint (rows of the batch).
+    ``phi`` may be amortised or per-datapoint (rows of the batch). ``key`` is
+    the evaluation key; example i draws with ``fold_in(stream_key(key,
+    Stream.ELBO), i)``.
     Keys: ``elbo``, ``reconstruction``, ``kl`` [B]; ``kl_per_dim`` and
     ``posterior_mean`` [B, L] (``kl_per_dim`` is NaN without an analytic KL).
     """
     elbo_fn = make_elbo(model, num_samples=num_samples, kl="auto")
 
-    def terms(key, theta, phi, x, index):
-        _, aux = elbo_fn(jax.random.fold_in(key, index), theta, phi, x)
+    def terms(example_key, theta, phi, x):
+        _, aux = elbo_fn(example_key, theta, phi, x)
         q_z, p_z = model.posterior(phi, x), model.prior(theta, phi)
         if has_analytic_kl(q_z, p_z):
             kl_per_dim = kl_divergence_per_dim(q_z, p_z)
@@ -50,9 +83,8 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
         return {**aux, "kl_per_dim": kl_per_dim, "posterior_mean": q_z.mean}
 
     def batch(key, theta, phi, x_BxD, index_B):
-        return jax.vmap(terms, in_axes=(None, None, phi_axis(phi), 0, 0))(
-            key, theta, phi, x_BxD, index_B
-        )
+        keys_B = _per_example_keys(stream_key(key, Stream.ELBO), index_B)
+        return jax.vmap(terms, in_axes=(0, None, phi_axis(phi), 0))(keys_B, theta, phi, x_BxD)
 
     return batch
 
@@ -66,14 +98,15 @@ def make_log_p_x(
     """``(key, theta, phi, x_BxD, index_B) -> log p(x) [B]`` by IS.
 
     Chunked over samples (memory independent of S) and, with
-    ``batch_sharding``, split over devices by example.
+    ``batch_sharding``, split over devices by example. Example i draws from
+    ``fold_in(stream_key(key, Stream.LOG_P_X), i)``.
     """
     log_p_x = make_log_marginal_likelihood(model, num_samples, chunk_size)
 
     def batch(key, theta, phi, x_BxD, index_B):
         x_BxD = constrain_batch(x_BxD, batch_sharding)
         return jax.vmap(log_p_x, in_axes=(0, None, phi_axis(phi), 0))(
-            _per_example_keys(key, index_B), theta, phi, x_BxD
+            _per_example_keys(stream_key(key, Stream.LOG_P_X), index_B), theta, phi, x_BxD
         )
 
     return batch
@@ -124,8 +157,9 @@ def make_mixture_log_p_x(
     cannot make the weights heavier-tailed than IS with q_phi alone.
 
     The prior and the likelihood read ``phi`` (the VampPrior and tied decoders
-    do); q* is only a proposal. Example i draws from ``fold_in(key, i)``: its
-    q_phi draws fold in 0 and its q* draws 1, then the chunk index.
+    do); q* is only a proposal. Example i draws from
+    ``fold_in(stream_key(key, Stream.LOG_P_X_MIXTURE), i)``: its q_phi draws
+    fold in 0 and its q* draws 1, then the chunk index.
     """
     num_samples, chunk_size = int(num_samples), int(chunk_size)
     if num_samples < 1 or chunk_size < 1:
@@ -161,7 +195,7 @@ def make_mixture_log_p_x(
     def batch(key, theta, phi, phi_star, x_BxD, index_B):
         if phi_axis(phi) is not None:
             raise ValueError("make_mixture_log_p_x: phi must be the amortised encoder")
-        keys_B = _per_example_keys(key, index_B)
+        keys_B = _per_example_keys(stream_key(key, Stream.LOG_P_X_MIXTURE), index_B)
         return jax.vmap(log_p_x, in_axes=(0, None, None, phi_axis(phi_star), 0))(
             keys_B, theta, phi, phi_star, x_BxD
         )
@@ -274,7 +308,8 @@ def make_aggregate_kl(model: LatentVariableModel, num_z: int = 1000, chunk_size:
     exactly (a logsumexp over all N posteriors, streamed in chunks of
     ``chunk_size``); only the outer expectation is sampled, with ``num_z``
     draws (pick n uniformly, then z ~ q(z | x_n)). This is the "marginal KL"
-    of Hoffman & Johnson 2016, "ELBO surgery". Amortised phi only.
+    of Hoffman & Johnson 2016, "ELBO surgery". Amortised phi only. The
+    function draws from ``stream_key(key, Stream.AGGREGATE_KL)``.
 
     Returns:
       ``kl_fn(key, theta, phi, x_NxD) -> (kl, standard_error)``, nats.
@@ -283,7 +318,7 @@ def make_aggregate_kl(model: LatentVariableModel, num_z: int = 1000, chunk_size:
     def kl_fn(key, theta, phi, x_NxD):
         q = jax.vmap(model.posterior, in_axes=(None, 0))(phi, x_NxD)  # loc, log_scale [N, L]
         n = x_NxD.shape[0]
-        pick_key, z_key = jax.random.split(key)
+        pick_key, z_key = jax.random.split(stream_key(key, Stream.AGGREGATE_KL))
         picks = jax.random.randint(pick_key, (num_z,), 0, n)
         z_ZxL = DiagonalGaussian(q.loc[picks], q.log_scale[picks]).sample(z_key)
         num_chunks = -(-n // chunk_size)
