@@ -34,6 +34,7 @@ from vae_jax.data import binarize_once
 from vae_jax.evaluate import (
     Stream,
     active_units,
+    aggregate_kl_record,
     aggregate_posterior_moments,
     make_aggregate_kl,
     make_elbo_terms,
@@ -345,12 +346,11 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     )
     aggregate_kl = None
     if phi_axis(phi) is None:
-        kl, se = jax.jit(make_aggregate_kl(model))(eval_key, theta, phi, jnp.asarray(x_test))
-        aggregate_kl = {
-            "value": float(kl),
-            "standard_error": float(se),
-            "method": "Monte Carlo over 1000 z ~ q_agg, exact mixture density over the test set",
-        }
+        num_z = 1000
+        estimates = jax.jit(make_aggregate_kl(model, num_z))(
+            eval_key, theta, phi, jnp.asarray(x_test)
+        )
+        aggregate_kl = aggregate_kl_record(estimates, x_test.shape[0], num_z, "test images")
     results = {
         "test_nll": float(-np.mean(log_p_x)),
         "num_importance_samples": num_samples,
@@ -367,7 +367,8 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         "aggregate_posterior_kl_to_standard_normal": aggregate[
             "kl_moment_matched_to_standard_normal"
         ],
-        # KL(q_agg || p_theta(z)) itself, q_agg being the mixture over test images
+        # KL(q_agg,N || p_theta(z)), q_agg,N the mixture over the N test images, and
+        # its decomposition: average KL = I_N(x; z) + KL(q_agg,N || p), I_N <= log N
         "aggregate_posterior_kl_to_prior_sampled": aggregate_kl,
         "num_params_theta": num_params(theta),
         "num_params_phi": num_params(state.phi),  # the trained phi, not test fits
