@@ -163,3 +163,31 @@ def test_the_grid_table_shows_the_decomposition_with_n(tmp_path):
     assert cells[titles.index("I_N(x;z), sampled")] == "9.13"
     assert cells[titles.index("KL(q_agg,N‖p), sampled")] == "16.70"
     assert cells[titles.index("KL(q‖p)")] == "25.84"
+
+
+def test_the_aggregate_kl_script_reports_each_n_and_refuses_bad_ones(tmp_path):
+    """experiments.aggregate_kl on a saved (untrained) run: one row per N, a JSON file."""
+    import json
+    import math
+
+    import pytest
+
+    from experiments import aggregate_kl
+    from experiments.configs import default
+    from experiments.main import CHECKPOINT, build_run
+    from vae_jax import checkpoint
+
+    config = default.get_config("smoke")  # 500 training images
+    (tmp_path / "config.json").write_text(config.to_json())
+    _, _, _, state, _ = build_run(config, 500, 784)
+    checkpoint.save(tmp_path / CHECKPOINT, {"epoch": 0, "state": state})
+    argv = ["--workdir", str(tmp_path), "--num-z", "200"]
+    rows = aggregate_kl.main([*argv, "--num-images", "10,400"])
+    assert [row["num_images"] for row in rows] == [10, 400]
+    for row in rows:
+        assert 0 < row["mutual_information"] <= math.log(row["num_images"])
+        assert row["log_num_images"] == math.log(row["num_images"])
+    assert json.loads((tmp_path / "aggregate_kl.json").read_text())["rows"] == rows
+    for bad in ("0,10", "ten"):
+        with pytest.raises(SystemExit):
+            aggregate_kl.main([*argv, "--num-images", bad])
