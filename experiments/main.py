@@ -32,13 +32,16 @@ from experiments.configs.base import base_config
 from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
 from vae_jax.evaluate import (
+    Stream,
     active_units,
+    aggregate_kl_record,
     aggregate_posterior_moments,
     make_aggregate_kl,
     make_elbo_terms,
     make_log_p_x,
     make_posterior_moment_sums,
     map_dataset,
+    stream_key,
 )
 from vae_jax.local import fit_local_in_batches, make_fit_local, prior_phi
 from vae_jax.models import num_params
@@ -313,7 +316,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         start = prior_phi(model, theta, x_test.shape[0])
         phi, _ = fit_local_in_batches(
             fit,
-            jax.random.fold_in(eval_key, 1),
+            stream_key(eval_key, Stream.FIT_LOCAL),
             theta,
             start,
             x_test,
@@ -343,14 +346,11 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     )
     aggregate_kl = None
     if phi_axis(phi) is None:
-        kl, se = jax.jit(make_aggregate_kl(model))(
-            jax.random.fold_in(eval_key, 2), theta, phi, jnp.asarray(x_test)
+        num_z = 1000
+        estimates = jax.jit(make_aggregate_kl(model, num_z))(
+            eval_key, theta, phi, jnp.asarray(x_test)
         )
-        aggregate_kl = {
-            "value": float(kl),
-            "standard_error": float(se),
-            "method": "Monte Carlo over 1000 z ~ q_agg, exact mixture density over the test set",
-        }
+        aggregate_kl = aggregate_kl_record(estimates, x_test.shape[0], num_z, "test images")
     results = {
         "test_nll": float(-np.mean(log_p_x)),
         "num_importance_samples": num_samples,
@@ -367,7 +367,8 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
         "aggregate_posterior_kl_to_standard_normal": aggregate[
             "kl_moment_matched_to_standard_normal"
         ],
-        # KL(q_agg || p_theta(z)) itself, q_agg being the mixture over test images
+        # KL(q_agg,N || p_theta(z)), q_agg,N the mixture over the N test images, and
+        # its decomposition: average KL = I_N(x; z) + KL(q_agg,N || p), I_N <= log N
         "aggregate_posterior_kl_to_prior_sampled": aggregate_kl,
         "num_params_theta": num_params(theta),
         "num_params_phi": num_params(state.phi),  # the trained phi, not test fits
@@ -380,9 +381,7 @@ def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=
     if config.eval.plots:
         from experiments import plots  # matplotlib only when plotting
 
-        # Example indices fold into eval_key; the plots use an index no example has.
-        plot_key = jax.random.fold_in(eval_key, np.uint32(2**32 - 1))
-
+        plot_key = stream_key(eval_key, Stream.PLOTS)
         plots.write_all(workdir, model, theta, phi, x_test, plot_key)
         plots.aggregate_posterior(workdir, aggregate, model.prior(theta, state.phi), kl_per_dim)
     return results

@@ -73,11 +73,13 @@ def test_aggregate_kl_of_identical_data_is_the_analytic_kl():
     model, theta, x = _ppca_data()
     phi = lg.exact_posterior_phi(theta)
     same = np.repeat(x[:1], 700, axis=0)  # 700: not a multiple of the chunk (masking)
-    kl, se = jax.jit(make_aggregate_kl(model, num_z=4000, chunk_size=256))(
+    out = jax.jit(make_aggregate_kl(model, num_z=4000, chunk_size=256))(
         jax.random.key(0), theta, phi, jnp.asarray(same)
     )
     exact = kl_divergence(model.posterior(phi, jnp.asarray(x[0])), StandardNormal(L))
-    assert abs(float(kl - exact)) < 5 * float(se) + 1e-4
+    assert abs(float(out["kl"] - exact)) < 5 * float(out["kl_standard_error"]) + 1e-4
+    # 700 copies of one posterior carry no information about which copy: I_N = 0
+    assert abs(float(out["mutual_information"])) < 1e-4
 
 
 def test_aggregate_kl_is_small_when_the_posterior_is_exact_and_grows_when_shifted():
@@ -86,7 +88,7 @@ def test_aggregate_kl_is_small_when_the_posterior_is_exact_and_grows_when_shifte
     model, theta, x = _ppca_data()
     phi = lg.exact_posterior_phi(theta)
     kl_fn = jax.jit(make_aggregate_kl(model, num_z=2000, chunk_size=1000))
-    kl_exact, _ = kl_fn(jax.random.key(0), theta, phi, jnp.asarray(x[:8000]))
+    kl_exact = kl_fn(jax.random.key(0), theta, phi, jnp.asarray(x[:8000]))["kl"]
     tree = phi["q_z_given_x"]
     shifted = {
         "q_z_given_x": {
@@ -94,7 +96,98 @@ def test_aggregate_kl_is_small_when_the_posterior_is_exact_and_grows_when_shifte
             "log_scale": tree["log_scale"],
         }
     }
-    kl_shifted, _ = kl_fn(jax.random.key(0), theta, shifted, jnp.asarray(x[:8000]))
+    kl_shifted = kl_fn(jax.random.key(0), theta, shifted, jnp.asarray(x[:8000]))["kl"]
     assert float(kl_exact) < 0.05
     # a mean shift of 0.5 per dim costs at least L * 0.5^2 / 2 = 0.375 nats
     assert float(kl_shifted) > 0.3
+
+
+def test_separated_posteriors_carry_log_n_nats_and_the_terms_add_up():
+    """N posteriors that do not overlap: I_N = log N exactly, so KL(q_agg,N || p) = avg KL - log N.
+
+    This is why the sampled aggregate KL of a trained encoder depends on N: its
+    N posteriors barely overlap, and the mixture's KL is the average KL minus
+    about log N.
+    """
+    from vae_jax.distributions import StandardNormal, kl_divergence
+    from vae_jax.evaluate import make_aggregate_kl
+
+    model = lg.make_linear_gaussian(D, L)
+    theta = lg.init_orthogonal_theta(jax.random.key(0), D, L)
+    # an encoder that copies x's first L coordinates as the mean, with sigma = e^-6
+    kernel = jnp.zeros((D, L)).at[jnp.arange(L), jnp.arange(L)].set(1.0)
+    phi = {
+        "q_z_given_x": {
+            "loc": {"kernel": kernel, "bias": jnp.zeros(L)},
+            "log_scale": jnp.full(L, -6.0),
+        }
+    }
+    for n in (10, 300):
+        # distinct means on a grid of spacing 0.1 (40 sigmas apart), scaled into N(0, 1)'s bulk
+        grid = np.stack(np.unravel_index(np.arange(n), (7, 7, 7)), axis=1) * 0.1 - 0.3
+        x = jnp.zeros((n, D)).at[:, :L].set(jnp.asarray(grid, jnp.float32))
+        out = jax.jit(make_aggregate_kl(model, num_z=3000, chunk_size=128))(
+            jax.random.key(1), theta, phi, x
+        )
+        np.testing.assert_allclose(out["mutual_information"], np.log(n), atol=1e-3)
+        np.testing.assert_allclose(
+            out["average_kl"], out["mutual_information"] + out["kl"], rtol=1e-5
+        )
+        exact_average = jnp.mean(
+            jax.vmap(lambda xi: kl_divergence(model.posterior(phi, xi), StandardNormal(L)))(x)
+        )
+        assert (
+            abs(float(out["average_kl"]) - exact_average)
+            < 5 * float(out["average_kl_standard_error"]) + 1e-3
+        )
+
+
+def test_the_grid_table_shows_the_decomposition_with_n(tmp_path):
+    """ablate's RESULTS.md table: the I_N column beside the sampled KL and the KL column."""
+    import json
+
+    from experiments import ablate
+
+    run = tmp_path / "standard_normal" / "seed0"
+    run.mkdir(parents=True)
+    sampled = {"value": 16.70, "mutual_information": 9.13, "num_images": 10000}
+    results = {"test_kl": 25.84, "test_examples": 10000}
+    results["aggregate_posterior_kl_to_prior_sampled"] = sampled
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "step": 5, "seconds": 1.0}) + "\n")
+    collected = ablate.collect(run)
+    table = ablate.results_table("priors", {"standard_normal": [collected]})
+    header, _, row = table.splitlines()
+    titles = [cell.strip() for cell in header.split("|")]
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[titles.index("I_N(x;z), sampled")] == "9.13"
+    assert cells[titles.index("KL(q_agg,N‖p), sampled")] == "16.70"
+    assert cells[titles.index("KL(q‖p)")] == "25.84"
+
+
+def test_the_aggregate_kl_script_reports_each_n_and_refuses_bad_ones(tmp_path):
+    """experiments.aggregate_kl on a saved (untrained) run: one row per N, a JSON file."""
+    import json
+    import math
+
+    import pytest
+
+    from experiments import aggregate_kl
+    from experiments.configs import default
+    from experiments.main import CHECKPOINT, build_run
+    from vae_jax import checkpoint
+
+    config = default.get_config("smoke")  # 500 training images
+    (tmp_path / "config.json").write_text(config.to_json())
+    _, _, _, state, _ = build_run(config, 500, 784)
+    checkpoint.save(tmp_path / CHECKPOINT, {"epoch": 0, "state": state})
+    argv = ["--workdir", str(tmp_path), "--num-z", "200"]
+    rows = aggregate_kl.main([*argv, "--num-images", "10,400"])
+    assert [row["num_images"] for row in rows] == [10, 400]
+    for row in rows:
+        assert 0 < row["mutual_information"] <= math.log(row["num_images"])
+        assert row["log_num_images"] == math.log(row["num_images"])
+    assert json.loads((tmp_path / "aggregate_kl.json").read_text())["rows"] == rows
+    for bad in ("0,10", "ten"):
+        with pytest.raises(SystemExit):
+            aggregate_kl.main([*argv, "--num-images", bad])
