@@ -16,6 +16,7 @@ from experiments import evaluate as rescore
 from experiments import factory, inference_gap, main
 from experiments.configs import default, iwae_1layer, kingma_welling
 from experiments.main import restore_run, train_and_evaluate
+from vae_jax.evaluate import Stream, stream_key
 from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,19 +50,23 @@ def _rescore_by_hand(workdir: Path) -> tuple[float, float]:
     config, model, state, _, _ = restore_run(workdir)
     bits_NxD = jnp.asarray(np.load(workdir / "test_bits.npy"))
     eval_key = jax.random.key(int(config.eval.seed))
-    keys_N = jax.vmap(lambda i: jax.random.fold_in(eval_key, i))(jnp.arange(bits_NxD.shape[0]))
+
+    def example_keys(stream: Stream) -> jax.Array:  # fold_in(stream key, image index)
+        root = stream_key(eval_key, stream)
+        return jax.vmap(lambda i: jax.random.fold_in(root, i))(jnp.arange(bits_NxD.shape[0]))
+
     log_p_x_fn = make_log_marginal_likelihood(
         model, int(config.eval.num_importance_samples), int(config.eval.chunk_size)
     )
     elbo_fn = make_elbo(model)
     log_p_x_N, (_, aux) = jax.jit(
         jax.vmap(
-            lambda k, x: (
-                log_p_x_fn(k, state.theta, state.phi, x),
-                elbo_fn(k, state.theta, state.phi, x),
+            lambda is_key, elbo_key, x: (
+                log_p_x_fn(is_key, state.theta, state.phi, x),
+                elbo_fn(elbo_key, state.theta, state.phi, x),
             )
         )
-    )(keys_N, bits_NxD)
+    )(example_keys(Stream.LOG_P_X), example_keys(Stream.ELBO), bits_NxD)
     return -float(jnp.mean(log_p_x_N)), float(jnp.mean(aux["elbo"]))
 
 
@@ -73,7 +78,7 @@ def test_smoke_run_writes_results_and_figures(tmp_path):
     assert REQUIRED <= set(on_disk) and on_disk == json.loads(json.dumps(results))
     assert results["test_nll"] > 0 and results["test_elbo"] < 0  # NLL positive, ELBO a log density
     # the reported numbers are the means, over exactly the 200 saved test images, of the
-    # library's per-example estimators with key fold_in(eval.seed, image index)
+    # library's per-example estimators, each with its stream's key for that image
     nll, elbo = _rescore_by_hand(tmp_path)
     assert abs(results["test_nll"] - nll) < TOLERANCE_NATS, (results["test_nll"], nll)
     assert abs(results["test_elbo"] - elbo) < TOLERANCE_NATS, (results["test_elbo"], elbo)
