@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.scipy import stats
 from jax.test_util import check_grads
 
 from vae_jax import linear_gaussian as lg
@@ -94,6 +95,37 @@ def test_iwae_with_one_sample_is_the_sampled_kl_elbo():
     iwae, _ = make_iwae_bound(model, 1)(key, theta, phi, x[0])
     elbo, _ = make_elbo(model, 1, kl="sample")(key, theta, phi, x[0])
     np.testing.assert_allclose(iwae, elbo, rtol=1e-6)
+
+
+def test_iwae_bound_is_bayes_rule_on_the_ppca_bed(ppca):
+    """log w_s = log p(x) + log p(z_s | x) - log q(z_s | x), from PPCA's closed forms."""
+    model, theta, x_NxD = ppca
+    exact_phi = lg.exact_posterior_phi(theta)
+    phi = lg.perturbed_posterior_phi(exact_phi, jax.random.key(3), 0.5)
+    x, key, k = x_NxD[0], jax.random.key(8), 7
+
+    @jax.jit
+    def bayes_rule_log_weights(theta, phi, x):
+        q = model.posterior(phi, x)
+        z_SxL = q.sample(key, (k,))  # the k draws the bound makes with this key
+        mean_L, cov_LxL = lg.exact_posterior(theta, x)
+        return (
+            lg.log_marginal_likelihood(theta, x)
+            + jax.vmap(lambda z: stats.multivariate_normal.logpdf(z, mean_L, cov_LxL))(z_SxL)
+            - jnp.sum(stats.norm.logpdf(z_SxL, q.loc[None, :], q.scale[None, :]), axis=-1)
+        )
+
+    log_w_S = bayes_rule_log_weights(theta, phi, x)
+    log_p_x = lg.log_marginal_likelihood(theta, x)
+    bound, aux = jax.jit(make_iwae_bound(model, k))(key, theta, phi, x)
+    # float32 rounding of ~20-nat log densities is ~1e-5 nats; log k = 1.95
+    np.testing.assert_allclose(bound, jax.nn.logsumexp(log_w_S) - np.log(k), atol=1e-4)
+    np.testing.assert_allclose(aux["elbo"], jnp.mean(log_w_S), atol=1e-4)
+    assert float(bound - aux["elbo"]) > 0.05  # the two differ here: the check can tell them apart
+    for k in (1, 7):  # q = p(z|x): every weight is p(x), so L_k = log p(x) for every k
+        bound, aux = jax.jit(make_iwae_bound(model, k))(key, theta, exact_phi, x)
+        np.testing.assert_allclose(bound, log_p_x, atol=1e-4)
+        np.testing.assert_allclose(aux["elbo"], log_p_x, atol=1e-4)
 
 
 @pytest.mark.parametrize(

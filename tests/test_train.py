@@ -18,10 +18,16 @@ import pytest
 from experiments import factory
 from experiments.configs import default
 from experiments.main import train_and_evaluate
-from vae_jax import checkpoint
+from vae_jax import checkpoint, data
+from vae_jax import train as train_module
 from vae_jax.models import make_vae
 from vae_jax.objectives import make_elbo
-from vae_jax.train import init_train_state, make_train_epoch
+from vae_jax.train import (
+    init_train_state,
+    iwae_learning_rate_schedule,
+    iwae_schedule_epochs,
+    make_train_epoch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +52,128 @@ def test_train_epoch_compiles_once_and_a_retrace_is_caught():
     assert losses[-1] < losses[0]
     with pytest.raises(AssertionError, match="traced"):  # a float epoch forces a new trace
         epoch_fn(state, jax.random.key(2), jnp.asarray(3.0, jnp.float32), x)
+
+
+# What each training step sees: one 3-epoch run of 16 examples in batches of 4,
+# shared by the tests below. Example n's first ID_PIXELS pixels spell n in 0/1
+# intensities, which any binarisation keeps; the rest are 0.5, a fair coin per draw.
+# The objective reports the step, example, bits and key of every example it scores;
+# a wrapper of the module's binarize reports each step's binarisation key.
+ID_PIXELS, COIN_PIXELS = 4, 48
+NUM_EXAMPLES, BATCH_SIZE, EPOCHS = 16, 4, 3
+STEPS_PER_EPOCH = NUM_EXAMPLES // BATCH_SIZE
+WARMUP_STEPS = 10_000  # beta = step / WARMUP_STEPS tells the objective its step
+
+
+def _host_key(key_data) -> tuple[int, ...]:
+    return tuple(np.asarray(key_data).tolist())
+
+
+@pytest.fixture(scope="module")
+def steps_seen():
+    model = make_vae(ID_PIXELS + COIN_PIXELS, 1, (2,))
+    elbo = make_elbo(model)
+    seen, binarize_keys = [], []
+
+    def record(beta, x, key_data):
+        bits = np.asarray(x).copy()
+        seen.append(
+            {
+                "step": round(float(beta) * WARMUP_STEPS),
+                "example": int(bits[:ID_PIXELS] @ (2 ** np.arange(ID_PIXELS))),
+                "bits": bits,
+                "key": _host_key(key_data),
+            }
+        )
+
+    def objective_at_beta(beta):
+        def objective(key, theta, phi, x):
+            jax.debug.callback(record, beta, x, jax.random.key_data(key))
+            return elbo(key, theta, phi, x)
+
+        return objective
+
+    def recording_binarize(key, x):
+        jax.debug.callback(lambda k: binarize_keys.append(_host_key(k)), jax.random.key_data(key))
+        return data.binarize(key, x)
+
+    code_NxI = (np.arange(NUM_EXAMPLES)[:, None] >> np.arange(ID_PIXELS)[None, :]) & 1
+    coins_NxC = np.full((NUM_EXAMPLES, COIN_PIXELS), 0.5)
+    x = jnp.asarray(np.concatenate([code_NxI, coins_NxC], axis=1), jnp.float32)
+    optimizer = optax.sgd(1e-3)
+    state = init_train_state(jax.random.key(0), model, optimizer)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "binarize", recording_binarize)
+        epoch_fn = jax.jit(
+            make_train_epoch(
+                objective_at_beta, optimizer, BATCH_SIZE, NUM_EXAMPLES, warmup_steps=WARMUP_STEPS
+            )
+        )
+        for epoch in range(EPOCHS):
+            state, _ = epoch_fn(state, jax.random.key(2), jnp.asarray(epoch, jnp.int32), x)
+        jax.effects_barrier()
+    assert len(seen) == EPOCHS * NUM_EXAMPLES  # each example scored once per epoch
+    return seen, binarize_keys
+
+
+def test_every_epoch_has_its_own_shuffle_order(steps_seen):
+    seen, _ = steps_seen
+    batches = {}  # step -> the examples in that step's batch
+    for r in seen:
+        batches.setdefault(r["step"], set()).add(r["example"])
+    epochs = [
+        [frozenset(batches[e * STEPS_PER_EPOCH + s]) for s in range(STEPS_PER_EPOCH)]
+        for e in range(EPOCHS)
+    ]
+    for batches_of_epoch in epochs:  # each epoch is a permutation of the training set
+        assert set().union(*batches_of_epoch) == set(range(NUM_EXAMPLES))
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
+
+
+def test_binarisation_is_redrawn_at_every_step(steps_seen):
+    """Dynamic binarisation: an example's coin pixels differ every time it is seen."""
+    seen, _ = steps_seen
+    draws = {}
+    for r in seen:
+        assert set(np.unique(r["bits"])) <= {0.0, 1.0}  # the objective sees bits
+        draws.setdefault(r["example"], []).append(r["bits"][ID_PIXELS:])
+    assert sorted(draws) == list(range(NUM_EXAMPLES))
+    for example, (first, second, third) in draws.items():
+        # two fair draws of 48 coins agree with probability 2^-48
+        assert not np.array_equal(first, second), example
+        assert not np.array_equal(second, third) and not np.array_equal(first, third), example
+    coins = np.concatenate([b for bits in draws.values() for b in bits])
+    # Bernoulli(0.5): 5 standard errors at n = 16 * 3 * 48 = 2304 is 0.052
+    assert abs(coins.mean() - 0.5) < 0.052
+
+
+def test_binarisation_and_objective_draw_from_different_keys(steps_seen):
+    """No step's binarisation key, nor a key split from it, reaches the objective."""
+    seen, binarize_keys = steps_seen
+    assert len(binarize_keys) == EPOCHS * STEPS_PER_EPOCH  # one binarisation per step
+    objective_keys = {r["key"] for r in seen}
+    assert len(objective_keys) == len(seen)  # no key serves twice, across steps or examples
+    assert len(set(binarize_keys)) == len(binarize_keys)
+    from_binarize = set(binarize_keys)
+    for key_data in binarize_keys:
+        # batch_objective splits its key into one per example (split(K, n)[j] == fold_in(K, j))
+        children = jax.random.split(jax.random.wrap_key_data(np.asarray(key_data, np.uint32)), 8)
+        from_binarize.update(_host_key(jax.random.key_data(c)) for c in children)
+    assert not objective_keys & from_binarize
+
+
+def test_iwae_learning_rate_schedule_follows_burda_section_5():
+    """Stage i = 0..7 lasts 3^i epochs at 1e-3 * 10^(-i/7); 3280 epochs in all."""
+    steps_per_epoch = 3
+    schedule = iwae_learning_rate_schedule(steps_per_epoch)
+    starts = [0, 1, 4, 13, 40, 121, 364, 1093, 3280]  # running sums of 3^i, by hand
+    assert iwae_schedule_epochs() == 3280
+    for i in range(8):
+        expected = 1e-3 * 10 ** (-i / 7)
+        first, last = starts[i] * steps_per_epoch, starts[i + 1] * steps_per_epoch - 1
+        for step in (first, first + 1, last):
+            np.testing.assert_allclose(schedule(step), expected, rtol=1e-6, err_msg=str(step))
+    np.testing.assert_allclose(schedule(10**6), 1e-4, rtol=1e-6)  # the last stage stays
 
 
 def test_checkpoint_round_trip_and_shape_check(tmp_path):
