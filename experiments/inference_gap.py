@@ -18,7 +18,6 @@ small next to the gaps. Writes ``inference_gap.json`` in the workdir.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -26,13 +25,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments import cli
 from experiments.main import restore_run, test_bits
 from vae_jax.evaluate import make_elbo_terms, make_log_p_x, map_dataset
 from vae_jax.local import encoder_outputs, fit_local_in_batches, make_fit_local
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num-examples", type=int, default=1000)
     parser.add_argument("--fit-steps", type=int, default=500)
@@ -40,6 +40,16 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--num-samples", type=int, default=5000)
     args = parser.parse_args(argv)
+    for flag, value, low in (
+        ("--num-examples", args.num_examples, 1),
+        ("--fit-steps", args.fit_steps, 10),  # the report compares the last 10 steps
+        ("--semi-steps", args.semi_steps, 1),
+        ("--num-samples", args.num_samples, 1),
+    ):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
     start_time = time.time()
     workdir = Path(args.workdir)
     config, model, state, epochs, splits = restore_run(workdir)
@@ -121,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
