@@ -16,7 +16,7 @@ from experiments import factory, plots
 from experiments.cli import UserError
 from experiments.configs import default, iwae_1layer, kingma_welling
 from experiments.main import restore_run, train_and_evaluate
-from vae_jax.data import binarize_once, load_mnist
+from vae_jax.data import Splits, binarize_once, load_mnist
 from vae_jax.models import make_vae
 
 CONFIG_FILES = {
@@ -88,7 +88,7 @@ def test_a_value_out_of_range_is_refused_by_key_before_anything_is_written(
 def test_plots_need_32_test_images_and_fewer_are_refused_before_training(tmp_path):
     # What the plots need, found from the plots themselves: 32 test images (their
     # reconstructions fill an 8 x 8 grid of pairs), and 31 make them fail.
-    model = make_vae(16, 2, (8,))
+    model = make_vae(16, 3, (8,))  # 4 x 4 images; 3 latents: no manifold plot
     theta, phi = model.init(jax.random.key(0))
     x = np.asarray(jax.random.bernoulli(jax.random.key(1), 0.3, (40, 16)), np.float32)
     need = factory.PLOT_TEST_IMAGES
@@ -103,10 +103,9 @@ def test_plots_need_32_test_images_and_fewer_are_refused_before_training(tmp_pat
     factory.check_config(_config(**{"data.max_eval_examples": 32, "eval.plots": True}))
     factory.check_config(_config(**{"data.max_eval_examples": 31, "eval.plots": False}))
     # the split itself, when it is smaller than the cap (a small tfds test split)
-    splits = load_mnist()
-    small = splits._replace(test=splits.test[:20])
+    small = Splits(x, x, x[:20])
     with pytest.raises(UserError, match="the test split has 20 images"):
-        factory.check_splits(_config(**{"eval.plots": True}), small)
+        factory.check_splits(_config(**{"eval.plots": True, "train.batch_size": 40}), small)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_FILES))
