@@ -15,7 +15,6 @@ Re-running the command after adding seeds or arms reuses every finished run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -27,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import factory
+from experiments import cli, factory
 from experiments.configs.base import smoke
 
 DEFAULT = "experiments/configs/default.py"
@@ -360,7 +359,7 @@ def _plot_figure2(workdir: Path, runs: dict[str, list[dict]], batch_size: int) -
 
 
 def main(argv=None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid", required=True, help=f"one of {sorted(GRIDS)}, optionally :smoke")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workdir", required=True)
@@ -396,4 +395,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -9,18 +9,19 @@ Writes ``rescore_is<S>.json`` beside it and prints the summary table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import jax
 
+from experiments import cli
+from experiments.factory import PLOT_TEST_IMAGES
 from experiments.main import evaluate, restore_run, summary_table, test_bits
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--plots", action="store_true", help="redraw the PNG figures too")
@@ -33,6 +34,10 @@ def main(argv=None):
     config.eval.plots = args.plots
     eval_key = jax.random.key(int(config.eval.seed))
     x_test = test_bits(workdir, config, splits)
+    if args.plots and x_test.shape[0] < PLOT_TEST_IMAGES:
+        parser.error(
+            f"--plots shows {PLOT_TEST_IMAGES} test images; this run has {x_test.shape[0]}"
+        )
     results = evaluate(config, model, state, x_test, eval_key, workdir, args.num_samples)
     results.update({"epochs": epochs, "seconds_per_epoch": None, "wall_s": time.time() - start})
     out = workdir / f"rescore_is{args.num_samples}.json"
@@ -42,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

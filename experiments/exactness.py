@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
 from vae_jax import linear_gaussian as lg
 from vae_jax.local import make_fit_local, prior_phi
 from vae_jax.objectives import make_elbo, make_iwae_bound, make_log_marginal_likelihood
@@ -22,7 +23,8 @@ D, L = 12, 3
 _perturbed = lg.perturbed_posterior_phi
 
 
-def main():
+def main(argv=None):
+    cli.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help; no options
     model = lg.make_linear_gaussian(D, L)
     theta = lg.init_orthogonal_theta(jax.random.key(0), D, L, noise_scale=0.7)
     x_NxD = jax.random.normal(jax.random.key(1), (8, D)) * 1.5
@@ -91,4 +93,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

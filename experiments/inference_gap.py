@@ -26,7 +26,6 @@ three q's, so their Monte-Carlo error is small next to the gaps. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments import cli
 from experiments.main import restore_run, test_bits
 from vae_jax.evaluate import (
     Stream,
@@ -140,7 +140,7 @@ def summarise(gap: dict) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num-examples", type=int, default=1000)
     parser.add_argument("--fit-steps", type=int, default=500)
@@ -148,6 +148,16 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--num-samples", type=int, default=5000)
     args = parser.parse_args(argv)
+    for flag, value, low in (
+        ("--num-examples", args.num_examples, 1),
+        ("--fit-steps", args.fit_steps, 10),  # the report compares the last 10 steps
+        ("--semi-steps", args.semi_steps, 1),
+        ("--num-samples", args.num_samples, 1),
+    ):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
     start_time = time.time()
     workdir = Path(args.workdir)
     config, model, state, epochs, splits = restore_run(workdir)
@@ -194,4 +204,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

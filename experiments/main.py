@@ -15,6 +15,7 @@ the same final state as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from experiments import factory
+from experiments import cli, factory
+from experiments.cli import UserError
 from experiments.configs.base import base_config
 from vae_jax import checkpoint, parallel
 from vae_jax.data import binarize_once
@@ -50,6 +52,11 @@ from vae_jax.realign import with_log_scale_shift
 from vae_jax.train import init_train_state, make_train_epoch, to_host
 
 CHECKPOINT = "checkpoint.msgpack"
+CONFIG_RECORD = "config.json"
+METRICS = "metrics.jsonl"
+# What a run writes before its first epoch ends. A workdir whose run completed no
+# epoch takes any config; these files belong to the old one and are replaced.
+BEFORE_FIRST_EPOCH = ("train_bits.npy", "valid_bits.npy", "test_bits.npy", METRICS)
 # Keys that may differ between the run in a workdir and the command resuming it.
 RESUMABLE_CHANGES = ("train.epochs", "eval.plots")
 
@@ -64,41 +71,95 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Refuse to resume a run of a different config; record the config otherwise."""
-    path = workdir / "config.json"
-    current = json.loads(config.to_json())
-    if path.exists():
-        stored = _flatten(json.loads(path.read_text()))
-        flat = _flatten(current)
-        # Keys added to the configs after a run was started did not exist for it;
-        # each new key defaults to the behaviour from before it existed.
-        added = sorted(set(flat) - set(stored))
-        if added:
-            print(
-                f"{workdir}: config keys newer than this run, at defaults: {added}", file=sys.stderr
-            )
-        differing = sorted(
-            k
-            for k in set(stored) | set(flat)
-            if k not in RESUMABLE_CHANGES and k not in added and stored.get(k) != flat.get(k)
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (temp file, then an atomic rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def check_workdir_path(workdir: Path) -> None:
+    """Refuse a --workdir that cannot hold a run: a file, or under one, or read-only."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(
+            f"--workdir {workdir} is a file, not a directory; pass a directory path "
+            "(it is created if it does not exist)"
         )
-        if differing:
-            details = ", ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in differing)
-            raise ValueError(
-                f"{workdir} holds a run of a different config ({details}); "
-                "use a new --workdir or delete the old run"
-            )
+    existing = workdir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--workdir {workdir} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir {workdir}: {existing} is not writable")
+
+
+def read_config_record(workdir: Path) -> dict | None:
+    """The config.json of the run in ``workdir`` (None if there is none)."""
+    path = workdir / CONFIG_RECORD
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        record, reason = None, f"{type(error).__name__}: {error}"
+    else:
+        reason = "it holds no JSON object"
+    if not isinstance(record, dict):
+        raise UserError(
+            f"{path} is damaged ({reason}); it records the config of the run in {workdir}. "
+            "Nothing was changed: put back a good copy of it, or use a new --workdir"
+        )
+    return record
+
+
+def check_same_run(workdir: Path, stored: dict | None, config: ml_collections.ConfigDict) -> None:
+    """Refuse to resume a run of a different config: only RESUMABLE_CHANGES may differ."""
+    if stored is None:
+        raise UserError(
+            f"{workdir / CHECKPOINT} exists but {workdir / CONFIG_RECORD} does not, so the "
+            "config that trained it is unknown: put config.json back, or use a new --workdir"
+        )
+    stored = _flatten(stored)
+    flat = _flatten(json.loads(config.to_json()))
+    # Keys added to the configs after a run was started did not exist for it;
+    # each new key defaults to the behaviour from before it existed.
+    added = sorted(set(flat) - set(stored))
+    if added:
+        print(f"{workdir}: config keys newer than this run, at defaults: {added}", file=sys.stderr)
+    differing = sorted(
+        k
+        for k in set(stored) | set(flat)
+        if k not in RESUMABLE_CHANGES and k not in added and stored.get(k) != flat.get(k)
+    )
+    if differing:
+        details = ", ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in differing)
+        raise UserError(
+            f"{workdir} holds a run of a different config ({details}); "
+            "use a new --workdir or delete the old run"
+        )
+
+
+def record_config(workdir: Path, config: ml_collections.ConfigDict, completed: int) -> None:
+    """Write config.json: the first write of a command, after every check has passed."""
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2) + "\n")
+    if not completed:
+        # Another config may have started here and stopped before its first epoch:
+        # its fixed bits could be of another seed.
+        for name in BEFORE_FIRST_EPOCH:
+            (workdir / name).unlink(missing_ok=True)
+    _write_text(workdir / CONFIG_RECORD, json.dumps(json.loads(config.to_json()), indent=2) + "\n")
 
 
 def _fixed_bits(workdir: Path, name: str, x: np.ndarray, seed: int) -> np.ndarray:
     """Binarise once with a fixed key and keep the bits in the workdir."""
     path = workdir / f"{name}_bits.npy"
     if path.exists():
-        bits = np.load(path)
-        if bits.shape == x.shape:
+        try:
+            bits = np.load(path)
+        except (ValueError, OSError, EOFError):
+            bits = None  # damaged: the bits are a function of the seed, so redraw them
+        if bits is not None and bits.shape == x.shape:
             return bits
     bits = binarize_once(seed, x)
     tmp = path.with_suffix(".tmp.npy")
@@ -116,16 +177,34 @@ def test_bits(workdir: Path, config: ml_collections.ConfigDict, splits) -> np.nd
 
 def _read_metrics(path: Path, completed_epochs: int) -> list[dict]:
     """Lines of epochs the checkpoint covers; later ones came from a killed run."""
-    if not path.exists():
+    if not completed_epochs or not path.exists():
         return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [m for m in lines if m["epoch"] <= completed_epochs]
+    advice = (
+        "Nothing was changed, and the checkpoint is intact: delete that line (or the whole "
+        "file, losing the per-epoch history) and rerun to resume"
+    )
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not text ({error}). {advice}") from error
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            epoch = record["epoch"] if isinstance(record, dict) else None
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number} is not JSON ({error}). {advice}") from error
+        if not isinstance(epoch, int):
+            raise UserError(f"{path} line {number} is not an epoch's record. {advice}")
+        if epoch <= completed_epochs:
+            records.append(record)
+    return records
 
 
 def _write_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    _write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _elbo_summary(terms: dict) -> dict:
@@ -134,15 +213,20 @@ def _elbo_summary(terms: dict) -> dict:
 
 def build_run(config: ml_collections.ConfigDict, num_train_examples: int, data_dim: int):
     """Model, objective, optimiser and a fresh state for ``config`` (one place)."""
-    model = factory.build_model(config, data_dim)
     batch_size = int(config.train.batch_size)
     steps_per_epoch = num_train_examples // batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"train.batch_size={batch_size} exceeds {num_train_examples} examples")
-    objective_at_beta = factory.build_objective_at_beta(config, model)
-    optimizer = factory.build_optimizer(config, steps_per_epoch)
-    local_optimizer = factory.build_local_optimizer(config)
-    adjustment = factory.build_adjustment(config, model)
+        raise UserError(f"train.batch_size={batch_size} exceeds {num_train_examples} examples")
+    try:
+        model = factory.build_model(config, data_dim)
+        objective_at_beta = factory.build_objective_at_beta(config, model)
+        optimizer = factory.build_optimizer(config, steps_per_epoch)
+        local_optimizer = factory.build_local_optimizer(config)
+        adjustment = factory.build_adjustment(config, model)
+    except UserError:
+        raise
+    except ValueError as error:  # a combination of options the library refuses
+        raise UserError(str(error)) from error
     init_key = jax.random.split(jax.random.key(int(config.seed)))[0]
     state = init_train_state(init_key, model, optimizer, local_optimizer, num_train_examples)
     if int(config.train.realign_every):
@@ -158,6 +242,21 @@ def build_run(config: ml_collections.ConfigDict, num_train_examples: int, data_d
     )
 
 
+def _restore_checkpoint(workdir: Path, state):
+    """(completed epochs, state) from the checkpoint in ``workdir``; (0, state) if none."""
+    path = workdir / CHECKPOINT
+    if not path.exists():
+        return 0, state
+    try:
+        saved = checkpoint.restore(path, {"epoch": 0, "state": state})
+    except ValueError as error:
+        raise UserError(
+            f"{error}. Nothing was changed: put back a good copy of {path.name}, or delete it "
+            f"(and {METRICS}) to train this run again from epoch 0, or use a new --workdir"
+        ) from error
+    return int(saved["epoch"]), saved["state"]
+
+
 def _merge(config: ml_collections.ConfigDict, stored: dict) -> None:
     for key, value in stored.items():
         if isinstance(value, dict) and key in config:
@@ -167,17 +266,22 @@ def _merge(config: ml_collections.ConfigDict, stored: dict) -> None:
 
 
 def restore_run(workdir: str | Path):
-    """(config, model, state, completed_epochs) of the run saved in ``workdir``."""
+    """(config, model, state, completed_epochs, splits) of the run saved in ``workdir``."""
     workdir = Path(workdir)
-    for name in ("config.json", CHECKPOINT):
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"--workdir {workdir} is a file, not the directory of a run")
+    for name in (CONFIG_RECORD, CHECKPOINT):
         if not (workdir / name).exists():
-            raise FileNotFoundError(f"{workdir} holds no run: {name} is missing")
+            raise UserError(
+                f"{workdir} holds no run: {workdir / name} is missing "
+                "(experiments.main trains one there)"
+            )
     config = base_config()  # keys newer than the run keep their defaults
-    _merge(config, json.loads((workdir / "config.json").read_text()))
+    _merge(config, read_config_record(workdir))
     splits = factory.load_data(config)
     model, _, _, state, _ = build_run(config, splits.train.shape[0], splits.train.shape[1])
-    saved = checkpoint.restore(workdir / CHECKPOINT, {"epoch": 0, "state": state})
-    return config, model, saved["state"], int(saved["epoch"]), splits
+    completed, state = _restore_checkpoint(workdir, state)
+    return config, model, state, completed, splits
 
 
 def train_and_evaluate(
@@ -185,22 +289,58 @@ def train_and_evaluate(
 ) -> dict | None:
     """Train ``config`` in ``workdir`` (resuming if a checkpoint is there), then score it.
 
+    Every check (the whole config, the workdir, the data, the checkpoint and
+    metrics of a run being resumed) comes before the first write, so a command
+    refused at its start leaves the workdir as it was, and the corrected command
+    is accepted. A workdir whose run completed no epoch takes any config.
+
     Args:
       stop_after_epoch: end the process's work after this epoch, as an
         interruption would (used by the resume test); returns None then.
 
     Returns:
       The results dict written to ``results.json``.
+
+    Raises:
+      UserError: naming the key, file or path at fault, before anything is written.
     """
     start_time = time.time()
     workdir = Path(workdir)
-    check_workdir(workdir, config)
+    factory.check_config(config)
+    check_workdir_path(workdir)
+    if (workdir / CHECKPOINT).exists():
+        check_same_run(workdir, read_config_record(workdir), config)
     splits = factory.load_data(config)
+    factory.check_splits(config, splits)
     model, objective_at_beta, optimizers, state, steps_per_epoch = build_run(
         config, splits.train.shape[0], splits.train.shape[1]
     )
     optimizer, local_optimizer, (adjust_fn, adjust_every) = optimizers
     batch_size = int(config.train.batch_size)
+    # Data parallelism over every device (one device: the same code, a no-op).
+    mesh = parallel.data_mesh()
+    try:
+        parallel.check_divisible(batch_size, mesh.size, "train.batch_size")
+        parallel.check_divisible(int(config.eval.batch_size), mesh.size, "eval.batch_size")
+        parallel.check_divisible(int(config.eval.is_batch_size), mesh.size, "eval.is_batch_size")
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    completed, state = _restore_checkpoint(workdir, state)
+    epochs = int(config.train.epochs)
+    if completed > epochs:
+        raise UserError(
+            f"train.epochs={epochs} is out of range for {workdir}: its checkpoint has completed "
+            f"{completed} epochs, and results.json must describe the checkpoint it scores; "
+            f"use train.epochs >= {completed}, or a new --workdir for a shorter run "
+            f"(experiments.evaluate re-scores this one)"
+        )
+    metrics_path = workdir / METRICS
+    history = _read_metrics(metrics_path, completed)
+
+    # Every check has passed: from here on the workdir is written.
+    record_config(workdir, config, completed)
+    if completed:
+        print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
     train_key = jax.random.split(jax.random.key(int(config.seed)))[1]
     eval_key = jax.random.key(int(config.eval.seed))
     bits_seed = int(config.data.binarization_seed)
@@ -214,22 +354,9 @@ def train_and_evaluate(
     else:
         x_valid = _fixed_bits(workdir, "valid", splits.valid, bits_seed + 1)
         x_test = test_bits(workdir, config, splits)
-
-    completed = 0
-    ckpt_path = workdir / CHECKPOINT
-    if ckpt_path.exists():
-        saved = checkpoint.restore(ckpt_path, {"epoch": 0, "state": state})
-        completed, state = int(saved["epoch"]), saved["state"]
-        print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
-    # Data parallelism over every device (one device: the same code, a no-op).
-    mesh = parallel.data_mesh()
-    parallel.check_divisible(batch_size, mesh.size, "train.batch_size")
-    parallel.check_divisible(int(config.eval.batch_size), mesh.size, "eval.batch_size")
-    parallel.check_divisible(int(config.eval.is_batch_size), mesh.size, "eval.is_batch_size")
     state = parallel.replicate(state, mesh)
-    metrics_path = workdir / "metrics.jsonl"
-    history = _read_metrics(metrics_path, completed)
     _write_lines(metrics_path, history)
+    ckpt_path = workdir / CHECKPOINT
 
     train_epoch = jax.jit(
         make_train_epoch(
@@ -415,7 +542,8 @@ def check_overrides(argv: list[str]) -> None:
     """Fail with a clear message on ``--config.<key>=`` naming no config field.
 
     ml_collections would raise a bare ``AttributeError`` from inside flag
-    parsing; this names the key and lists the valid ones beside it.
+    parsing; this names the key and lists the valid ones beside it. Loading
+    the config file here also refuses a missing file or an unknown ``:variant``.
     """
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if config_arg is None:
@@ -434,24 +562,36 @@ def check_overrides(argv: list[str]) -> None:
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 parent = ".".join(dotted.split(".")[:depth]) or "config"
                 valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-                raise SystemExit(
-                    f"error: unknown config key {dotted!r} in {path}; keys under {parent}: {valid}"
+                raise UserError(
+                    f"unknown config key {dotted!r} in {path}; keys under {parent}: {valid}"
                 )
             node = node[part]
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file [:smoke].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
-
-
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("both --config and --workdir are required")
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if config is None or workdir is None:
+        raise UserError("both --config and --workdir are required (see --help)")
+    train_and_evaluate(config, workdir)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:  # e.g. a value of the wrong type for its key
+        raise UserError(str(error)) from error
+
+
+def command_line() -> None:
+    """``python -m experiments.main``. The flags are defined here, not on import,
+    so that importing ``train_and_evaluate`` registers no command-line flags."""
+    check_overrides(sys.argv[1:])
+    config_flags.DEFINE_config_file("config", None, "Path to a config file [:smoke].")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    app.run(main)
+    cli.run(command_line)

@@ -1,5 +1,7 @@
 """Data loading: the bundled MNIST, tfds via mock data, and clear refusals."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -23,9 +25,28 @@ def test_tfds_image_dataset_through_data_source(name):
     assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5  # scaled from 0..255
 
 
-def test_unprepared_tfds_dataset_fails_fast_with_instructions(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tfds build mnist"):
+def test_unprepared_tfds_dataset_fails_fast_with_instructions_that_work(tmp_path):
+    # A plain `tfds build` writes TFRECORD, which tfds.data_source cannot read, and
+    # needs TensorFlow, which is not installed: the advice must say both.
+    with pytest.raises(FileNotFoundError) as missing:
         load_tfds("mnist", "train", data_dir=str(tmp_path))
+    message = str(missing.value)
+    assert "\n" not in message  # one line, not tfds's own multi-line guess
+    assert f"not prepared in {tmp_path}" in message
+    assert "TensorFlow" in message and "TFRECORD" in message
+    assert "--config.data.tfds_data_dir=DIR" in message
+    # The advised command is one the tfds CLI (tensorflow_datasets 4.9.10) parses,
+    # and it asks for array_record, the format tfds.data_source reads.
+    from tensorflow_datasets.scripts.cli import build, cli_utils
+
+    command = re.search(r"`(tfds build [^`]*)`", message).group(1).split()
+    assert command[:3] == ["tfds", "build", "mnist"]
+    parser = cli_utils.ArgumentParser(allow_abbrev=False)
+    parser.add_arguments(build.Args, dest="args")
+    args = parser.parse_args(command[2:]).args
+    assert args.generation.file_format == "array_record" and str(args.paths.data_dir) == "DIR"
+    with pytest.raises(FileNotFoundError, match="tfds has no dataset named 'mnits'"):
+        load_tfds("mnits", "train", data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -40,9 +40,21 @@ def save(path: str | Path, tree: Any) -> None:
 
 
 def restore(path: str | Path, template: Any) -> Any:
-    """Read ``path`` into the structure of ``template`` (shapes are checked)."""
-    raw = serialization.msgpack_restore(Path(path).read_bytes())
-    restored = serialization.from_state_dict(template, raw)
+    """Read ``path`` into the structure of ``template`` (shapes are checked).
+
+    Raises:
+      ValueError: naming ``path``, if it is truncated, corrupt, or holds
+        another model's arrays. The file is left as it is.
+    """
+    data = Path(path).read_bytes()
+    try:
+        raw = serialization.msgpack_restore(data)
+        restored = serialization.from_state_dict(template, raw)
+    except Exception as error:  # msgpack and flax raise several types for bad bytes
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({len(data)} bytes, truncated or corrupt: "
+            f"{type(error).__name__}: {error})"
+        ) from error
     for want, got in zip(
         jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored), strict=True
     ):

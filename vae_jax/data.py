@@ -6,7 +6,9 @@
   installed metadata, so none of that package's code is ever imported.
 * ``load_tfds(name, split)``: any tfds image dataset through
   ``tfds.data_source`` (array_record; TensorFlow is not needed to read). The
-  dataset must already be prepared in ``data_dir``.
+  dataset must already be prepared in ``data_dir``, in a random-access format:
+  ``tfds build NAME --data_dir DIR --file_format=array_record`` on a machine
+  with TensorFlow, then copy DIR (a plain ``tfds build`` writes TFRECORD).
 * ``binarize``: one Bernoulli draw per pixel. Training redraws it at every use
   (dynamic binarisation); test sets are binarised once with a fixed key.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.metadata
+import logging
 import pickle
 from pathlib import Path
 from typing import NamedTuple
@@ -108,15 +111,15 @@ def load_tfds(
     """
     import tensorflow_datasets as tfds  # heavy import, only when asked for
 
+    # tfds warns about each empty dataset folder it probes; the error below says it once.
+    quiet = _DropLogLines("has no dataset_info.json")
+    logging.getLogger("absl").addFilter(quiet)
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as error:  # tfds raises several types for "not prepared"
-        raise FileNotFoundError(
-            f"tfds dataset {name!r} (split {split!r}) is not available in data_dir={data_dir!r}: "
-            f"{type(error).__name__}: {error}. Nothing is downloaded at run time; prepare it on "
-            f"a machine with internet (`tfds build {name} --data_dir DIR`, array_record format) "
-            "and pass --config.data.tfds_data_dir=DIR."
-        ) from error
+        raise FileNotFoundError(_tfds_unavailable(tfds, name, split, data_dir, error)) from error
+    finally:
+        logging.getLogger("absl").removeFilter(quiet)
     if len(source) == 0:
         raise ValueError(f"tfds {name} split {split!r} is empty")
     records = [source[i] for i in range(len(source))]
@@ -130,6 +133,52 @@ def load_tfds(
         scale = 1.0 if images.max() <= 1 else 255.0
         images = images.astype(np.float32) / scale
     return check_data(images.astype(np.float32), f"tfds {name} {split}")
+
+
+class _DropLogLines(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _tfds_unavailable(tfds, name: str, split: str, data_dir: str | None, error: Exception) -> str:
+    """One line: why ``tfds.data_source`` could not open the dataset, and what works.
+
+    ``tfds.data_source`` reads only random-access formats (array_record,
+    parquet). A plain ``tfds build NAME`` writes TFRECORD files, and it needs
+    TensorFlow, which this project does not install: the dataset must be
+    built elsewhere with ``--file_format=array_record`` and copied here.
+    """
+    prepare = (
+        "nothing is downloaded at run time: on a machine with internet and TensorFlow "
+        f"(pip install tensorflow tensorflow-datasets), run `tfds build {name} --data_dir DIR "
+        "--file_format=array_record`, copy DIR to this machine and pass "
+        "--config.data.tfds_data_dir=DIR (a plain `tfds build` writes TFRECORD files, which "
+        "tfds.data_source cannot read)"
+    )
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        return f"tfds has no dataset named {name!r}; see the tfds catalogue for the names"
+    except Exception:  # noqa: BLE001 - diagnosis only; the original error is chained
+        builder = None
+    if builder is not None and not builder.is_prepared():
+        return f"tfds dataset {name!r} is not prepared in {builder.data_dir}: {prepare}"
+    if builder is not None:
+        file_format = builder.info.file_format
+        if file_format not in tfds.core.FileFormat.with_random_access():
+            return (
+                f"tfds dataset {name!r} in {builder.data_dir} is stored as {file_format.value} "
+                f"files, which tfds.data_source cannot read; rebuild it: {prepare}"
+            )
+    first_line = (str(error).splitlines() or [""])[0]
+    return (
+        f"tfds dataset {name!r} split {split!r} could not be read from data_dir={data_dir!r} "
+        f"({type(error).__name__}: {first_line}); if it is not prepared, {prepare}"
+    )
 
 
 def binarize(key: jax.Array, x: jax.Array) -> jax.Array:

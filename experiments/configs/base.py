@@ -95,3 +95,19 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.eval.batch_size = 50
     config.eval.local_fit_steps = 20
     return config
+
+
+VARIANTS = ("smoke",)
+
+
+def variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """``config`` as ``path.py:arg`` asks: no ``:arg`` is the full run, ``:smoke`` the
+    seconds-long one; any other name is refused rather than run as the full job."""
+    if arg is None or arg == "":
+        return config
+    if arg == "smoke":
+        return smoke(config)
+    raise ValueError(
+        f"unknown config variant {arg!r}: the variants are {[f':{v}' for v in VARIANTS]}, "
+        "or none for the full run"
+    )

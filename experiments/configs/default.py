@@ -6,7 +6,7 @@ trained with Adam at batch 100 on dynamically binarised MNIST, and scored with
 IS-5000 on all 10,000 test images.
 """
 
-from experiments.configs.base import base_config, smoke
+from experiments.configs.base import base_config, variant
 
 
 def get_config(arg: str | None = None):
@@ -15,4 +15,4 @@ def get_config(arg: str | None = None):
     config.model.latent_dim = 20
     config.train.epochs = 30
     config.train.batch_size = 100
-    return smoke(config) if arg == "smoke" else config
+    return variant(config, arg)

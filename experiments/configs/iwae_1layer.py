@@ -5,7 +5,7 @@ eps 1e-4), batch 20, learning rate 1e-3 * 10^(-i/7) for 3^i passes, i = 0..7
 ``--config.objective.name=iwae --config.objective.num_samples=50`` for IWAE.
 Fewer epochs than 3,280 truncate the same schedule."""
 
-from experiments.configs.base import base_config, smoke
+from experiments.configs.base import base_config, variant
 
 
 def get_config(arg: str | None = None):
@@ -16,4 +16,4 @@ def get_config(arg: str | None = None):
     config.optimizer.schedule = "iwae"
     config.train.batch_size = 20
     config.train.epochs = 3280
-    return smoke(config) if arg == "smoke" else config
+    return variant(config, arg)

@@ -2,7 +2,7 @@
 layer of 500 in encoder and decoder, minibatch 100, one sample per datapoint,
 Adagrad (the paper's optimiser; its step size here is ours)."""
 
-from experiments.configs.base import base_config, smoke
+from experiments.configs.base import base_config, variant
 
 
 def get_config(arg: str | None = None):
@@ -13,4 +13,4 @@ def get_config(arg: str | None = None):
     config.optimizer.learning_rate = 0.02
     config.train.batch_size = 100
     config.train.epochs = 100
-    return smoke(config) if arg == "smoke" else config
+    return variant(config, arg)
