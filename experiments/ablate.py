@@ -329,31 +329,103 @@ def _plot(workdir: Path, runs: dict[str, list[dict]]) -> None:
     plt.close(fig)
 
 
-def _plot_figure2(workdir: Path, runs: dict[str, list[dict]], batch_size: int) -> None:
-    """One panel per latent size: train and validation ELBO against examples seen."""
+# K&W's figure-2 panels span about 55 nats (-150..-95); our wake-sleep bounds at small
+# N_z sit ~1e5 nats lower. So a panel shows at most this many nats below its highest
+# point, and names (with its values) any curve that has points further down.
+FIGURE2_WINDOW_NATS = 300.0
+
+
+def _figure2_ticks(lo: float, hi: float) -> list[float]:
+    """Log-axis ticks inside [lo, hi]: 1, 2, 5 x 10^k over up to two decades, else 10^k."""
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    mantissas = (1, 2, 5) if hi <= 100 * lo else (1,)
+    ticks = [m * 10.0**k for k in decades for m in mantissas if lo <= m * 10.0**k <= hi]
+    return ticks or sorted({lo, hi})
+
+
+def _count_label(n: float) -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:g}{suffix}"
+    return f"{n:g}"
+
+
+def figure2(runs: dict[str, list[dict]], batch_size: int):
+    """K&W figure 2: one panel per latent size, train (dashed) and validation (solid)
+    ELBO against training examples seen, AEVB red and wake-sleep blue (seed 0).
+
+    Each panel's y-range covers its curves up to ``FIGURE2_WINDOW_NATS`` below
+    the highest point; a curve with points below that is listed in the panel
+    with its lowest and last values, so no curve disappears unannounced.
+    Returns the matplotlib figure (not saved).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     latents = sorted({int(arm.rsplit("_L", 1)[1]) for arm in runs})
-    fig, axes = plt.subplots(1, len(latents), figsize=(3.2 * len(latents), 3.6), sharey=True)
-    for ax, latent in zip(np.atleast_1d(axes), latents, strict=True):
+    fig, axes = plt.subplots(1, len(latents), figsize=(3.6 * len(latents), 3.8), squeeze=False)
+    for ax, latent in zip(axes[0], latents, strict=True):
+        curves = []  # (label, style, colour, seen, values)
         for method, colour in (("elbo", "tab:red"), ("wake_sleep", "tab:blue")):
             results = runs.get(f"{method}_L{latent}")
             if not results:
                 continue
             r = results[0]
-            seen = np.asarray(r["curve_steps"]) * batch_size
-            label = "AEVB" if method == "elbo" else "wake-sleep"
-            ax.plot(seen, r["curve_train_elbo"], "--", color=colour, label=f"{label} (train)")
-            ax.plot(seen, r["curve_valid_elbo"], "-", color=colour, label=f"{label} (valid)")
+            seen = np.asarray(r["curve_steps"], dtype=float) * batch_size
+            name = "AEVB" if method == "elbo" else "wake-sleep"
+            for split, style in (("train", "--"), ("valid", "-")):
+                values = np.array(
+                    [np.nan if v is None else v for v in r[f"curve_{split}_elbo"]], dtype=float
+                )
+                curves.append((f"{name} ({split})", style, colour, seen, values))
+        points = np.concatenate([v for *_, v in curves] or [np.zeros(0)])
+        points = points[np.isfinite(points)]
+        top = float(points.max()) if points.size else 0.0
+        # fit the lowest point inside the window, not the window itself
+        low = float(points[points >= top - FIGURE2_WINDOW_NATS].min()) if points.size else -1.0
+        pad = 0.05 * max(top - low, 1.0)
+        ax.set_ylim(low - pad, top + pad)
+        off_range = []
+        for label, style, colour, seen, values in curves:
+            ax.plot(seen, values, style, color=colour, label=label)
+            kept = values[np.isfinite(values)]
+            if kept.size and kept.min() < low - pad:
+                last = kept[-1]
+                where = "all" if kept.max() < low - pad else "partly"
+                off_range.append(f"{label}: {where} below, min {kept.min():.4g}, last {last:.4g}")
+        if off_range:  # under the x label, where it hides no curve
+            ax.text(
+                0.0,
+                -0.22,
+                "below the y-range:\n" + "\n".join(off_range),
+                transform=ax.transAxes,
+                fontsize="x-small",
+                va="top",
+                color="0.25",
+            )
+        seen_all = np.concatenate([c[3] for c in curves]) if curves else np.array([1.0, 10.0])
+        seen_all = seen_all[seen_all > 0]
         ax.set_xscale("log")
-        ax.set_ylim(-300, -80)  # K&W's range is -150..-95; early wake-sleep bounds are far below
+        ticks = _figure2_ticks(float(seen_all.min()), float(seen_all.max()))
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([_count_label(t) for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"N_z = {latent}")
         ax.set_xlabel("training examples seen")
-    np.atleast_1d(axes)[0].set_ylabel("ELBO per image (nats)")
-    np.atleast_1d(axes)[0].legend(fontsize="small")
+    axes[0, 0].set_ylabel("ELBO per image (nats)")
+    axes[0, 0].legend(fontsize="small", loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_figure2(workdir: Path, runs: dict[str, list[dict]], batch_size: int) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure2(runs, batch_size)
     fig.savefig(workdir / "figure2.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 

@@ -4,9 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from tests.conftest import PPCA_L
 from vae_jax import linear_gaussian as lg
+from vae_jax.models import make_vae
 from vae_jax.wake_sleep import make_wake_sleep
 
 
@@ -58,3 +60,36 @@ def test_sleep_alone_fits_the_exact_posterior_of_a_fixed_model(ppca):
     assert float(jnp.max(jnp.abs(q_fit.loc - q_exact.loc))) < 0.1 * start_error
     np.testing.assert_allclose(q_fit.log_scale, q_exact.log_scale, atol=0.05)
     assert q_fit.loc.shape == (20, PPCA_L)
+
+
+@pytest.mark.parametrize("kind", ["x_layers", "z_layers"])
+def test_a_tied_kernel_gets_the_wake_gradient_of_its_decoder_use(kind):
+    """Tied model vs an untied one whose two copies are held equal: the stored tensor's
+    gradient = sleep gradient of the encoder copy + wake gradient of the decoder copy."""
+    D, L, H, B = 24, 3, 7, 5
+    tied = make_vae(D, L, (H,), tie_weights=kind)
+    untied = make_vae(D, L, (H,))
+    theta_t, phi_t = tied.init(jax.random.key(0))
+    theta_u, phi_u = untied.init(jax.random.key(0))
+    dec, enc = tied.tying.decoder_layer, tied.tying.encoder_layer
+    theta_u["p_x_given_z"][dec]["kernel"] = phi_u["q_z_given_x"][enc]["kernel"].T  # held equal
+    x_BxD = (jax.random.uniform(jax.random.key(9), (B, D)) < 0.4).astype(jnp.float32)
+    keys = jax.random.split(jax.random.key(1), B)
+
+    def value_and_grads(model, theta, phi):
+        objective = jax.vmap(make_wake_sleep(model), in_axes=(0, None, None, 0))
+        surrogate_fn = lambda t, p: jnp.mean(objective(keys, t, p, x_BxD)[0])  # noqa: E731
+        return jax.value_and_grad(surrogate_fn, argnums=(0, 1))(theta, phi)
+
+    value_t, (g_theta_t, g_phi_t) = value_and_grads(tied, theta_t, phi_t)
+    value_u, (g_theta_u, g_phi_u) = value_and_grads(untied, theta_u, phi_u)
+    np.testing.assert_allclose(value_t, value_u, rtol=1e-6)
+    wake_u = g_theta_u["p_x_given_z"][dec]["kernel"].T
+    sleep_u = g_phi_u["q_z_given_x"][enc]["kernel"]
+    assert float(jnp.max(jnp.abs(wake_u))) > 1e-3  # the wake part is not negligible
+    np.testing.assert_allclose(
+        g_phi_t["q_z_given_x"][enc]["kernel"], sleep_u + wake_u, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        g_theta_t["p_x_given_z"][dec]["bias"], g_theta_u["p_x_given_z"][dec]["bias"], rtol=1e-5
+    )

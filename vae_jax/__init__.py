@@ -15,7 +15,7 @@ Parameter schema (the public contract is the top-level keys)::
         "q_z_given_x": {                        # encoder, appendix C.2
             "hidden_0": {"kernel": [D, H], "bias": [H]},   # h = tanh(W3 x + b3)
             "loc": {"kernel": [H, L], "bias": [L]},        # mu = W4 h + b4
-            "log_scale": {"kernel": [H, L], "bias": [L]},  # log sigma = (W5 h + b5) / 2
+            "log_scale": {"kernel": [H, L], "bias": [L]},  # log sigma = 10 tanh((W5 h + b5) / 10)
         },
     }
 

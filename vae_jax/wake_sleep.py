@@ -12,7 +12,9 @@ KL(p_theta(z|x) || q_phi(z|x)) averaged over the model's x, not over the data:
 the mismatch K&W point to. Written here as one surrogate per example whose
 gradient w.r.t. theta is the wake gradient and w.r.t. phi the sleep gradient
 (stop_gradient separates the phases), so the usual training loop, optimiser
-and checkpointing run it unchanged.
+and checkpointing run it unchanged. A tensor tied between encoder and decoder
+(stored in phi) gets the sum: the wake gradient of its decoder use plus the
+sleep gradient of its encoder use, as untied copies held equal would.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ def make_wake_sleep(model: LatentVariableModel) -> ObjectiveFn:
         q_z = model.posterior(phi, x)
         z = stop(q_z.sample(wake_key))
         phi_fixed = stop(phi)
+        # The decoder reads phi only for a tied kernel (models.Tying); that use is
+        # the generative model's, so it takes the wake gradient. The encoder's use
+        # of the same tensor gets the sleep gradient below; z is already stopped.
         log_joint = model.prior(theta, phi_fixed).log_prob(z) + model.likelihood(
-            theta, z, phi_fixed
+            theta, z, phi
         ).log_prob(x)
 
         theta_fixed = stop(theta)
