@@ -306,7 +306,15 @@ def _plot(workdir: Path, runs: dict[str, list[dict]]) -> None:
             ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation ELBO (nats)")
-    ax.set_title("learning curves: mean over seeds, band = min..max")
+    title = "learning curves: mean over seeds, band = min..max"
+    low, high = ax.get_ylim()
+    if low < 10 * min(high, -1.0):
+        # One arm orders of magnitude below the rest (wake-sleep's first epochs)
+        # would flatten every other curve into one line: show it on a log scale.
+        ax.set_yscale("symlog", linthresh=100.0)
+        ax.set_ylim(low, min(high, -50.0))
+        title += "\ny: symmetric log scale (linear within ±100 nats)"
+    ax.set_title(title)
     ax.legend()
     fig.savefig(workdir / "curves.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
