@@ -16,16 +16,17 @@ Prints one row per N and writes ``aggregate_kl.json`` in the workdir.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
-from experiments.main import restore_run
+from experiments import cli
+from experiments.train import restore_run
+from experiments.workdir import write_json
 from vae_jax.data import binarize
 from vae_jax.evaluate import (
     Stream,
@@ -33,39 +34,54 @@ from vae_jax.evaluate import (
     make_aggregate_kl,
     stream_key,
 )
-from vae_jax.objectives import phi_axis
+from vae_jax.schema import phi_axis
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if any(n < 1 for n in counts):
-        raise argparse.ArgumentTypeError(f"every N must be >= 1, got {text!r}")
-    return counts
+class _Counts(flags.ArgumentParser):
+    """``--num-images 1000,10000``: comma-separated counts, each >= 1."""
+
+    syntactic_help = "comma-separated integers"
+
+    def parse(self, argument: str) -> list[int]:
+        try:
+            counts = [int(part) for part in argument.split(",")]
+        except ValueError:
+            raise ValueError(f"expected comma-separated integers, got {argument!r}") from None
+        if any(n < 1 for n in counts):
+            raise ValueError(f"every N must be >= 1, got {argument!r}")
+        return counts
+
+
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the trained run", flag_values=values)
+    flags.DEFINE(
+        _Counts(),
+        "num-images",
+        "1000,10000,50000",
+        "the values of N, each one KL(q_agg,N || p)",
+        flag_values=values,
+    )
+    flags.DEFINE_integer("num-z", 2000, "Monte Carlo draws per N", flag_values=values)
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--num-images", type=_counts, default=[1000, 10000, 50000])
-    parser.add_argument("--num-z", type=int, default=2000, help="Monte Carlo draws per N")
-    args = parser.parse_args(argv)
+    args = cli.parse(argv, _define, __doc__, required=["workdir"])
     if args.num_z < 2:
-        parser.error(f"--num-z must be >= 2 (a standard error needs two draws), got {args.num_z}")
+        raise cli.UserError(
+            f"--num-z must be >= 2 (a standard error needs two draws), got {args.num_z}"
+        )
     start = time.time()
     workdir = Path(args.workdir)
     config, model, state, epochs, splits = restore_run(workdir)
     if phi_axis(state.phi) is not None:
-        parser.error(
+        raise cli.UserError(
             f"{workdir} holds a model without an encoder: q(z|x) of new images is undefined"
         )
     largest = max(args.num_images)
     if largest > splits.train.shape[0]:
-        parser.error(f"--num-images asks for {largest} images; the run has {splits.train.shape[0]}")
+        raise cli.UserError(
+            f"--num-images asks for {largest} images; the run has {splits.train.shape[0]}"
+        )
     eval_key = jax.random.key(int(config.eval.seed))
     x = jnp.asarray(splits.train[:largest])
     if config.data.binarization != "none":
@@ -82,7 +98,7 @@ def main(argv=None) -> list[dict]:
         "rows": rows,
         "wall_s": time.time() - start,
     }
-    (workdir / "aggregate_kl.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(workdir / "aggregate_kl.json", record)
     print(
         f"{workdir}, {epochs} epochs: KL(q_agg,N || p) over the first N training images, "
         f"nats, ± standard error over {args.num_z} draws"
@@ -100,4 +116,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -13,7 +13,15 @@ Reports medians over ``--rounds`` of:
     as achieved GFLOP/s against the matmul peak;
   * IS-5000 log p(x) over the test images (IWAE architecture): seconds, images/s,
     compiled temporary memory for k = 5,000 and 50,000, and the process peak RSS;
-  * compile seconds of the train epoch and of the IS evaluator.
+  * compile seconds of the train epoch and of the IS evaluator;
+  * the full schedule's epoch (iwae_1layer.py: 784-200-200-50, batch 20, 50k images)
+    with each training generator (train.rng_impl: threefry2x32, rbg, unsafe_rbg),
+    interleaved, as speed-ups over threefry2x32;
+  * seconds per epoch of each IWAE-table cell (1 and 2 stochastic layers, k = 1, 5,
+    50, reparam and DReG), timed on 10k training images and scaled to 50k, with the
+    full 3,280-pass schedule's projected hours;
+  * the VampPrior (K = 500) against N(0, I) on make run's model, as a ratio.
+Every case trains through experiments.factory.build, the code of a real run.
 Results are printed and written to runs/bench/bench.json.
 
 ``--smoke`` runs the same code at toy size (512 random images, one
@@ -24,7 +32,6 @@ runs it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -32,18 +39,24 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 
+from experiments import cli, factory
+from experiments.configs import default, iwae_1layer, iwae_2layer
+from experiments.workdir import write_json
 from vae_jax.data import binarize_once, load_mnist
-from vae_jax.evaluate import make_log_p_x, map_dataset
+from vae_jax.evaluate import make_log_p_x
+from vae_jax.host import map_dataset
 from vae_jax.models import make_vae
 from vae_jax.objectives import make_elbo
-from vae_jax.train import init_train_state, make_train_epoch
+from vae_jax.train import init_train_state, make_amortised_step, make_train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_VENV = ROOT / ".venv-torch"  # made by `make install-torch`, which `make bench` runs
@@ -134,8 +147,7 @@ class JaxEpoch:
         )
         self.state = init_fn(key)
         epoch_fn = make_train_epoch(
-            lambda beta: make_elbo(model, beta=beta),
-            optimizer,
+            make_amortised_step(make_elbo(model), optimizer),
             batch_size,
             x_train.shape[0],
             dynamic_binarization=dynamic,
@@ -245,25 +257,151 @@ def bench_is(x_test_bits, sizes: Sizes) -> dict:
     }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench", description=__doc__.split("\n")[0]
+# 4. The IWAE table's cells, the A/B of the full schedule's epoch, the VampPrior.
+# Each case trains with experiments.factory.build, the code `make run` uses.
+AB_BASE = "1layer_k1"  # the full schedule's epoch: iwae_1layer.py, batch 20, 50k images
+AB_CASES = {
+    "1layer_k1": {},
+    "1layer_k1_rbg": {"train.rng_impl": "rbg"},
+    "1layer_k1_unsafe_rbg": {"train.rng_impl": "unsafe_rbg"},
+}
+# Per-epoch seconds of each table cell, timed on the first CELL_IMAGES training images
+# and scaled to the 50k epoch (an epoch's steps cost alike; compile is not timed).
+CELL_IMAGES = 10_000
+FULL_SCHEDULE_EPOCHS = 3280
+CELL_CASES = {
+    "1layer_iwae_k5": {"objective.name": "iwae", "objective.num_samples": 5},
+    "1layer_vae_k5": {"objective.num_samples": 5},
+    "1layer_iwae_k50": {"objective.name": "iwae", "objective.num_samples": 50},
+    "1layer_iwae_k50_dreg": {
+        "objective.name": "iwae",
+        "objective.num_samples": 50,
+        "objective.gradient": "dreg",
+    },
+    "2layer_k1": {"2layer": True},
+    "2layer_iwae_k5": {"2layer": True, "objective.name": "iwae", "objective.num_samples": 5},
+    "2layer_iwae_k50": {"2layer": True, "objective.name": "iwae", "objective.num_samples": 50},
+}
+SMOKE_CELLS = ("1layer_iwae_k50_dreg", "2layer_iwae_k5")
+# The VampPrior's epoch against the standard prior's: make run's model, K = 500.
+PRIOR_CASES = {
+    "standard_prior": {},
+    "vampprior_k500": {"model.prior": "vampprior", "model.prior_components": 500},
+}
+
+
+def case_config(overrides: dict, base: str):
+    overrides = dict(overrides)
+    two_layers = overrides.pop("2layer", False)
+    module = {"default": default, "iwae": iwae_2layer if two_layers else iwae_1layer}[base]
+    config = module.get_config()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+class ConfigEpoch:
+    """One epoch of a config's training, compiled; ``run()`` times one."""
+
+    def __init__(self, config, x_train, compiler_options=None):
+        run = factory.build(config, x_train)
+        self.state = run.state
+        epoch_fn = make_train_epoch(
+            run.step_fn, int(config.train.batch_size), x_train.shape[0], dynamic_binarization=True
+        )
+        self.x, self.key, self.epoch = jnp.asarray(x_train), factory.train_key(config), 0
+        start = time.perf_counter()
+        args = (self.state, self.key, jnp.asarray(0, jnp.int32), self.x)
+        self.fn = compile_jit(epoch_fn, args, compiler_options, donate_argnums=0)
+        self.compile_seconds = time.perf_counter() - start
+
+    def run(self) -> float:
+        start = time.perf_counter()
+        self.state, metrics = self.fn(
+            self.state, self.key, jnp.asarray(self.epoch, jnp.int32), self.x
+        )
+        float(metrics["loss"])  # blocks until the epoch is done
+        self.epoch += 1
+        return time.perf_counter() - start
+
+
+def bench_cases(x_train: np.ndarray, rounds: int, sizes: Sizes) -> dict:
+    """Epoch seconds of every case; speed-ups and the VampPrior's cost as ratios."""
+    options = sizes.compiler_options
+    smoke = sizes.train_images is not None
+
+    def epochs(cases, base, x):
+        built = {}
+        for name, overrides in cases.items():
+            config = case_config(overrides, base)
+            if smoke:  # toy sizes: every code path, in seconds
+                config.model.hidden_sizes, config.model.latent_dim = (8,), 4
+                config.model.top_latent_dim, config.model.top_hidden_sizes = (
+                    (3 if config.model.top_latent_dim else 0),
+                    (8,),
+                )
+                config.model.prior_components = min(int(config.model.prior_components), 5)
+                config.objective.num_samples = min(int(config.objective.num_samples), 3)
+            built[name] = ConfigEpoch(config, x, options)
+        return built
+
+    ab_cases, cell_cases = AB_CASES, CELL_CASES
+    if smoke:  # one case per code path: compiling is most of a smoke run
+        ab_cases = {name: AB_CASES[name] for name in (AB_BASE, "1layer_k1_rbg")}
+        cell_cases = {name: CELL_CASES[name] for name in SMOKE_CELLS}
+    report = {}
+    ab = interleaved(epochs(ab_cases, "iwae", x_train), rounds, "rng A/B")
+    for name, seconds in ab.items():
+        report[f"epoch_seconds_{name}"] = seconds
+        if name != AB_BASE:
+            report[f"speedup_{name}_over_{AB_BASE}"] = ab[AB_BASE] / seconds
+    cell_x = x_train[:CELL_IMAGES]
+    scale = x_train.shape[0] / cell_x.shape[0]
+    cells = interleaved(epochs(cell_cases, "iwae", cell_x), rounds, "cells")
+    for name, seconds in cells.items():
+        report[f"epoch_seconds_{name}"] = seconds * scale
+        report[f"full_schedule_hours_{name}"] = seconds * scale * FULL_SCHEDULE_EPOCHS / 3600
+    report[f"full_schedule_hours_{AB_BASE}"] = ab[AB_BASE] * FULL_SCHEDULE_EPOCHS / 3600
+    priors = interleaved(epochs(PRIOR_CASES, "default", x_train), rounds, "priors")
+    report.update({f"epoch_seconds_{name}": seconds for name, seconds in priors.items()})
+    report["ratio_vampprior_over_standard"] = priors["vampprior_k500"] / priors["standard_prior"]
+    return report
+
+
+def interleaved(epochs: dict, rounds: int, label: str) -> dict:
+    """Median seconds per case, one epoch of each case per round, in turn."""
+    times = {name: [] for name in epochs}
+    for r in range(rounds):
+        for name, epoch in epochs.items():
+            times[name].append(epoch.run())
+        print(
+            f"{label} round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()),
+            flush=True,
+        )
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("rounds", 5, "timed epochs per measurement", flag_values=values)
+    flags.DEFINE_integer("is-examples", 10_000, "test images scored by IS-5000", flag_values=values)
+    flags.DEFINE_boolean("no-torch", False, "skip the PyTorch reference", flag_values=values)
+    flags.DEFINE_boolean(
+        "smoke", False, "toy sizes, one round, no PyTorch: checks that it runs", flag_values=values
     )
-    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per measurement")
-    parser.add_argument(
-        "--is-examples", type=int, default=10_000, help="test images scored by IS-5000"
+    flags.DEFINE_string(
+        "out", None, "JSON report (default runs/bench/bench.json or smoke.json)", flag_values=values
     )
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-    parser.add_argument(
-        "--smoke", action="store_true", help="toy sizes, one round, no PyTorch: checks that it runs"
-    )
-    parser.add_argument("--out", help="JSON report (default runs/bench/bench.json or smoke.json)")
-    parser.add_argument("--torch-venv", type=Path, default=TORCH_VENV, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    flags.DEFINE_string("torch-venv", str(TORCH_VENV), "the reference venv", flag_values=values)
+
+
+def parse_args(argv: list[str] | None) -> SimpleNamespace:
+    args = cli.parse(argv, _define, __doc__, hidden=["torch-venv"])
     if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+        raise cli.UserError(f"--rounds must be >= 1, got {args.rounds}")
     if not 1 <= args.is_examples <= 10_000:
-        parser.error(f"--is-examples must be in [1, 10000] (the test set), got {args.is_examples}")
+        raise cli.UserError(
+            f"--is-examples must be in [1, 10000] (the test set), got {args.is_examples}"
+        )
+    args.torch_venv = Path(args.torch_venv)
     if args.smoke:
         args.rounds, args.no_torch = 1, True
     if args.out is None:
@@ -341,11 +479,15 @@ def main(argv: list[str] | None = None) -> dict:
         report["iwae_arch_b100_gflops"] / report["matmul_peak_gflops"]
     )
 
+    # 4. The full schedule's epoch (iwae_1layer.py, batch 20, 50k images): its random
+    # generators A/B, interleaved; the table's cells; the VampPrior against N(0, I).
+    report.update(bench_cases(x_train, args.rounds, sizes))
+
     # 3. IS log p(x) over the test set (IS-5000 unless --smoke).
     report.update(bench_is(binarize_once(0, x_test), sizes))
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     width = max(map(len, report))
     for name, value in report.items():
         print(
@@ -358,4 +500,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

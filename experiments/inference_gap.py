@@ -26,23 +26,25 @@ three q's, so their Monte-Carlo error is small next to the gaps. Writes
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from absl import flags
 
 from experiments import cli
-from experiments.main import restore_run, test_bits
+from experiments.train import progress_bar, restore_run
+from experiments.workdir import test_bits, write_json
 from vae_jax.evaluate import (
     Stream,
     make_elbo_terms,
     make_mixture_log_p_x,
-    map_dataset,
     stream_key,
 )
-from vae_jax.local import encoder_outputs, fit_local_in_batches, make_fit_local
+from vae_jax.host import fit_local_in_batches, map_dataset
+from vae_jax.local import make_fit_local
+from vae_jax.schema import encoder_outputs
 
 
 def measure(
@@ -75,7 +77,7 @@ def measure(
         amortised,
         x,
         batch_size,
-        f"semi-amortised ({semi_steps} steps)",
+        progress_bar(f"semi-amortised ({semi_steps} steps)"),
     )
     star, trace = fit_local_in_batches(
         fit_star,
@@ -84,7 +86,7 @@ def measure(
         amortised,
         x,
         batch_size,
-        f"q* ({fit_steps} steps)",
+        progress_bar(f"q* ({fit_steps} steps)"),
     )
     elbo_terms = jax.jit(make_elbo_terms(model, num_samples=100))
     # The same key for the three q's on purpose: their differences carry less noise.
@@ -117,7 +119,7 @@ def estimate_log_p_x(
         star,
         x,
         batch_size,
-        f"IS-{num_samples}, 0.5 q_phi + 0.5 q*",
+        progress_bar(f"IS-{num_samples}, 0.5 q_phi + 0.5 q*"),
     )
 
 
@@ -139,15 +141,19 @@ def summarise(gap: dict) -> dict:
     }
 
 
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the trained run", flag_values=values)
+    flags.DEFINE_integer("num-examples", 1000, "first N fixed test images", flag_values=values)
+    flags.DEFINE_integer("fit-steps", 500, "gradient steps of q*", flag_values=values)
+    flags.DEFINE_integer(
+        "semi-steps", 10, "gradient steps of the semi-amortised q", flag_values=values
+    )
+    flags.DEFINE_float("learning-rate", 1e-2, "of both fits", flag_values=values)
+    flags.DEFINE_integer("num-samples", 5000, "IS draws for log p(x)", flag_values=values)
+
+
 def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--num-examples", type=int, default=1000)
-    parser.add_argument("--fit-steps", type=int, default=500)
-    parser.add_argument("--semi-steps", type=int, default=10)
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--num-samples", type=int, default=5000)
-    args = parser.parse_args(argv)
+    args = cli.parse(argv, _define, __doc__, required=["workdir"])
     for flag, value, low in (
         ("--num-examples", args.num_examples, 1),
         ("--fit-steps", args.fit_steps, 10),  # the report compares the last 10 steps
@@ -155,9 +161,9 @@ def main(argv=None):
         ("--num-samples", args.num_samples, 1),
     ):
         if value < low:
-            parser.error(f"{flag} must be >= {low}, got {value}")
+            raise cli.UserError(f"{flag} must be >= {low}, got {value}")
     if not args.learning_rate > 0:
-        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
+        raise cli.UserError(f"--learning-rate must be > 0, got {args.learning_rate}")
     start_time = time.time()
     workdir = Path(args.workdir)
     config, model, state, epochs, splits = restore_run(workdir)
@@ -187,7 +193,7 @@ def main(argv=None):
         **summarise(gap),
         "wall_s": time.time() - start_time,
     }
-    (workdir / "inference_gap.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(workdir / "inference_gap.json", results)
     rows = [
         (f"log p(x) (IS-{args.num_samples}, 0.5 q_phi + 0.5 q*)", results["log_p_x"]),
         ("ELBO, optimal Gaussian q*", results["elbo_q_star"]),

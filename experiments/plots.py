@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from vae_jax.objectives import phi_axis
+from vae_jax.schema import phi_axis
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

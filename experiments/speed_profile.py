@@ -13,19 +13,21 @@ epochs after compilation). Untrained weights: timing does not depend on them.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 
+from experiments import cli
 from vae_jax.data import binarize_once, load_mnist
-from vae_jax.evaluate import make_log_p_x, map_dataset
+from vae_jax.evaluate import make_log_p_x
+from vae_jax.host import map_dataset
 from vae_jax.models import make_vae
 from vae_jax.objectives import make_elbo
-from vae_jax.train import init_train_state, make_train_epoch
+from vae_jax.train import init_train_state, make_amortised_step, make_train_epoch
 
 
 def is_working_set():
@@ -53,8 +55,7 @@ def epoch_parts():
         state = init_train_state(jax.random.key(0), model, optimizer)
         epoch_fn = jax.jit(
             make_train_epoch(
-                lambda b: make_elbo(model, beta=b),
-                optimizer,
+                make_amortised_step(make_elbo(model), optimizer),
                 100,
                 x.shape[0],
                 dynamic_binarization=dynamic,
@@ -84,14 +85,16 @@ def epoch_parts():
 COMMANDS = {"is-working-set": is_working_set, "epoch-parts": epoch_parts}
 
 
+def _define(values: flags.FlagValues) -> None:
+    """No flags: the one argument is the command."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.speed_profile",
-        description="What bounds vae_jax's speed on this machine (README, Performance).",
-    )
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    COMMANDS[parser.parse_args(argv).command]()
+    command = cli.parse(argv, _define, __doc__, positional=["command"]).command
+    if command not in COMMANDS:
+        raise cli.UserError(f"unknown command {command!r}: choose one of {sorted(COMMANDS)}")
+    COMMANDS[command]()
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

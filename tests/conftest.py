@@ -1,8 +1,28 @@
-"""Test-wide settings: implicit rank promotion is an error (it hides [B] vs [B, 1] bugs)."""
+"""Test-wide settings.
+
+* Implicit rank promotion is an error (it hides [B] vs [B, 1] bugs).
+* Compiled programs are cached on disk (JAX's persistent compilation cache) and
+  shared by every test, pytest-xdist worker and subprocess: many tests train the
+  same smoke config, whose programs then compile once. The cache is keyed by the
+  program and the JAX version, so a stale entry is never used; it lives in the
+  system's temporary directory, outside the repository.
+"""
+
+import os
+import tempfile
+from pathlib import Path
 
 import jax
 import pytest
 
+CACHE = Path(tempfile.gettempdir()) / "vae_jax_test_compilation_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))  # subprocesses too
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import optax
 
 from vae_jax import parallel
-from vae_jax.evaluate import make_log_p_x, map_dataset
+from vae_jax.evaluate import make_log_p_x
+from vae_jax.host import map_dataset
 from vae_jax.models import make_vae
 from vae_jax.objectives import make_elbo
-from vae_jax.train import init_train_state, make_train_epoch
+from vae_jax.train import init_train_state, make_amortised_step, make_train_epoch
 
 
 def run(devices):
@@ -26,8 +27,7 @@ def run(devices):
     state = parallel.replicate(init_train_state(jax.random.key(0), model, optimizer), mesh)
     epoch_fn = jax.jit(
         make_train_epoch(
-            lambda beta: make_elbo(model, beta=beta),
-            optimizer,
+            make_amortised_step(make_elbo(model), optimizer),
             32,
             256,
             batch_sharding=parallel.batch_sharding(mesh),

@@ -1,10 +1,13 @@
-"""experiments.ablate: a :smoke grid end to end, reuse of finished runs, the report."""
+"""experiments.ablate with experiments.grids and experiments.report: a :smoke grid end
+to end, reuse of finished runs, the report, and grids that are well-formed data."""
 
 import json
 
 import pytest
 
-from experiments import ablate, factory
+from experiments import ablate, factory, grids
+from experiments.cli import UserError
+from experiments.report import FIGURES
 
 
 def test_smoke_grid_runs_reuses_and_reports(tmp_path):
@@ -36,20 +39,43 @@ def test_smoke_grid_runs_reuses_and_reports(tmp_path):
     ablate.main(argv)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # --report-only --publish copies the report and exactly the grid's figures
+    ablate.main([*argv, "--report-only", "--publish", str(tmp_path / "published")])
+    published = sorted(p.name for p in (tmp_path / "published" / "priors").iterdir())
+    assert published == ["RESULTS.md", "aggregate.png", "curves.png"]
 
-def test_unknown_grid_arm_or_override_is_a_clear_error():
-    with pytest.raises(SystemExit, match="unknown grid 'prior'"):
-        ablate.parse_grid("prior")
-    with pytest.raises(SystemExit, match="no arms \\['vamp'\\]"):
-        ablate.select_arms("priors", "vamp")
-    config = factory.load_config(ablate.DEFAULT, "smoke")
-    with pytest.raises(KeyError, match="model.priors"):
-        ablate.apply_overrides(config, {"model.priors": "x"})
+
+def test_unknown_grid_arm_or_override_is_a_clear_error(monkeypatch):
+    with pytest.raises(UserError, match="unknown grid 'prior'"):
+        grids.parse_grid("prior")
+    with pytest.raises(UserError, match="no arms \\['vamp'\\]"):
+        grids.select_arms("priors", "vamp")
+    config = factory.load_config(grids.DEFAULT, "smoke")
+    for typo in ("model.priors", "model.prior.kind", "modle.prior"):
+        with pytest.raises(UserError, match=typo):
+            grids.check_keys(config, {typo: "x"}, "here")
+
+    # update_from_flattened_dict would add the typo as a new field: the grid and arm are named
+    bad = grids.Grid(grids.DEFAULT, {}, {"typo": {"model.priors": "x"}}, "?", ())
+    monkeypatch.setitem(grids.GRIDS, "bad", bad)
+    with pytest.raises(UserError, match="grid 'bad', arm 'typo': override 'model.priors'"):
+        grids.arm_config("bad", "typo", 0, "smoke")
+    monkeypatch.setitem(grids.GRIDS, "bad", bad._replace(base={"train.epoch": 1}))
+    with pytest.raises(UserError, match="grid 'bad', its base: override 'train.epoch'"):
+        grids.arm_config("bad", "typo", 0, "smoke")
 
 
 def test_every_arm_of_every_grid_builds_a_valid_config():
-    for grid, (_, arms, _) in ablate.GRIDS.items():
-        for arm in arms:
-            config = ablate.arm_config(grid, arm, 0, None)
+    for grid, spec in grids.GRIDS.items():
+        assert set(spec.figures) <= set(FIGURES), grid
+        for arm in spec.arms:
+            config = grids.arm_config(grid, arm, 0, None)
             factory.build_model(config, 784)  # unknown prior, tying, trunk... fail here
             factory.build_adjustment(config, factory.build_model(config, 784))
+
+
+def test_overrides_every_arm_shares_are_stated_once_in_the_base():
+    for grid, spec in grids.GRIDS.items():
+        first, *others = spec.arms.values()
+        shared = {k: v for k, v in first.items() if all(k in o and o[k] == v for o in others)}
+        assert not shared, f"grid {grid!r}: move {shared} to its base"

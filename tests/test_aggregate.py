@@ -6,7 +6,7 @@ import numpy as np
 
 from vae_jax import linear_gaussian as lg
 from vae_jax.evaluate import aggregate_posterior_moments, make_posterior_moment_sums
-from vae_jax.local import encoder_outputs
+from vae_jax.schema import encoder_outputs
 
 D, L, N = 10, 3, 40_000
 
@@ -16,7 +16,7 @@ def _ppca_data():
     theta = lg.init_orthogonal_theta(jax.random.key(0), D, L, noise_scale=0.6)
     z_key, noise_key = jax.random.split(jax.random.key(1))
     z = jax.random.normal(z_key, (N, L))
-    x = model.likelihood(theta, z).sample(noise_key)  # x ~ p(x), through the model
+    x = model.likelihood(theta, z, {}).sample(noise_key)  # x ~ p(x), through the model
     return model, theta, np.asarray(x)
 
 
@@ -143,10 +143,10 @@ def test_separated_posteriors_carry_log_n_nats_and_the_terms_add_up():
 
 
 def test_the_grid_table_shows_the_decomposition_with_n(tmp_path):
-    """ablate's RESULTS.md table: the I_N column beside the sampled KL and the KL column."""
+    """The grid RESULTS.md table: the I_N column beside the sampled KL and the KL column."""
     import json
 
-    from experiments import ablate
+    from experiments import report
 
     run = tmp_path / "standard_normal" / "seed0"
     run.mkdir(parents=True)
@@ -155,8 +155,8 @@ def test_the_grid_table_shows_the_decomposition_with_n(tmp_path):
     results["aggregate_posterior_kl_to_prior_sampled"] = sampled
     (run / "results.json").write_text(json.dumps(results))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "step": 5, "seconds": 1.0}) + "\n")
-    collected = ablate.collect(run)
-    table = ablate.results_table("priors", {"standard_normal": [collected]})
+    collected = report.collect(run)
+    table = report.results_table({"standard_normal": [collected]})
     header, _, row = table.splitlines()
     titles = [cell.strip() for cell in header.split("|")]
     cells = [cell.strip() for cell in row.split("|")]
@@ -173,13 +173,15 @@ def test_the_aggregate_kl_script_reports_each_n_and_refuses_bad_ones(tmp_path):
     import pytest
 
     from experiments import aggregate_kl
+    from experiments.cli import UserError
     from experiments.configs import default
-    from experiments.main import CHECKPOINT, build_run
+    from experiments.factory import build
+    from experiments.workdir import CHECKPOINT
     from vae_jax import checkpoint
 
     config = default.get_config("smoke")  # 500 training images
     (tmp_path / "config.json").write_text(config.to_json())
-    _, _, _, state, _ = build_run(config, 500, 784)
+    state = build(config, np.zeros((500, 784), np.float32)).state
     checkpoint.save(tmp_path / CHECKPOINT, {"epoch": 0, "state": state})
     argv = ["--workdir", str(tmp_path), "--num-z", "200"]
     rows = aggregate_kl.main([*argv, "--num-images", "10,400"])
@@ -188,6 +190,6 @@ def test_the_aggregate_kl_script_reports_each_n_and_refuses_bad_ones(tmp_path):
         assert 0 < row["mutual_information"] <= math.log(row["num_images"])
         assert row["log_num_images"] == math.log(row["num_images"])
     assert json.loads((tmp_path / "aggregate_kl.json").read_text())["rows"] == rows
-    for bad in ("0,10", "ten"):
-        with pytest.raises(SystemExit):
+    for bad, message in (("0,10", "every N must be >= 1"), ("ten", "comma-separated integers")):
+        with pytest.raises(UserError, match=message):
             aggregate_kl.main([*argv, "--num-images", bad])

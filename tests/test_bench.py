@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import bench
+from experiments import bench, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,11 @@ def test_smoke_runs_every_measurement(tmp_path):
         "is_seconds",
         "is_compile_seconds",
         "peak_rss_mib",
+        "speedup_1layer_k1_rbg_over_1layer_k1",
+        "epoch_seconds_2layer_iwae_k5",
+        "full_schedule_hours_1layer_iwae_k50_dreg",
+        "full_schedule_hours_1layer_k1",
+        "ratio_vampprior_over_standard",
     ):
         assert math.isfinite(report[name]) and report[name] > 0, name
     # Chunked IS: its compiled working memory does not grow with the sample count.
@@ -54,9 +59,10 @@ def test_missing_torch_venv_is_one_line_before_any_work(tmp_path):
 @pytest.mark.parametrize("argv", [["--rounds", "0"], ["--is-examples", "10001"]])
 def test_bad_sizes_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(argv)
+        cli.run(lambda: bench.parse_args(argv))
     assert exit_info.value.code == 2
-    assert argv[0] in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and argv[0] in err
 
 
 def test_the_reference_cannot_import_our_files(tmp_path):

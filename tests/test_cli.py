@@ -6,6 +6,8 @@
   activate the environment before its first ``python -m`` command.
 * A user's mistake in any entry point is one ``error: ...`` line with exit
   status 2: no traceback, and no absl line about a missing TPU.
+* Every entry point reads absl flags; all but ``experiments.main`` through
+  ``cli.parse``, whose ``--help`` exits 0 (``absl.app``'s exits 1).
 
 Each test starts ONE Python process that runs its commands in turn through
 ``runpy`` (as ``python -m`` would), so JAX starts once per test.
@@ -20,8 +22,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from absl import flags
 
-from experiments import factory
+from experiments import cli, factory
 from experiments.configs import default
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,8 +152,7 @@ def test_every_readme_command_answers_help_with_the_flags_it_uses():
     for module, result in zip(modules, results, strict=True):
         text = result["out"] + result["err"]
         assert "Traceback" not in text, f"{module} --help:\n{text}"
-        # absl's --help exits 1 (experiments.main); argparse's exits 0
-        assert result["code"] in (0, 1), f"{module} --help: exit {result['code']}\n{text}"
+        assert result["code"] == 0, f"{module} --help: exit {result['code']}\n{text}"
         assert "usage" in text.lower() or "flags:" in text, f"{module} --help printed:\n{text}"
         for name in flags_used[module]:
             assert name in text, f"README runs {module} with {name}; its --help lacks it"
@@ -203,7 +205,22 @@ def test_user_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path):
         ("experiments.inference_gap", ["--workdir", str(tmp_path / "none")], "holds no run"),
         ("experiments.ablate", ["--grid", "prior", "--workdir", str(run)], "unknown grid"),
         ("experiments.ablate", ["--grid", "priors", "--workdir", str(run), "--seeds", "0"], ">= 1"),
-        ("experiments.exactness", ["--samples", "5"], "unrecognized arguments: --samples 5"),
+        ("experiments.exactness", ["--samples", "5"], "Unknown command line flag 'samples'"),
+        (
+            "experiments.evaluate",
+            ["--num-samples", "50"],
+            "give one of --workdir (a run) or --params",
+        ),
+        ("experiments.evaluate", ["--workdir", str(run), "50"], "unexpected arguments: 50"),
+        ("experiments.inference_gap", ["--workdir", str(run), "--fit-steps", "x"], "fit-steps"),
+        (
+            "experiments.aggregate_kl",
+            ["--workdir", str(run), "--num-images", "ten"],
+            "expected comma-separated integers, got 'ten'",
+        ),
+        ("experiments.bench", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
+        ("experiments.speed_profile", ["bogus"], "unknown command 'bogus'"),
+        ("experiments.speed_profile", [], "missing command"),
     ]
     results = run_commands([(module, args) for module, args, _ in cases])
     for (module, args, expected), result in zip(cases, results, strict=True):
@@ -214,3 +231,60 @@ def test_user_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path):
         assert expected in lines[0], shown
     # the refusal came before anything was written
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.msgpack", "config.json"]
+
+
+PROG = f"python -m {__spec__.name}"  # test_cli, or tests.test_cli, as pytest imports it
+
+
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the run", flag_values=values)
+    flags.DEFINE_integer("num-samples", 5000, "importance samples", flag_values=values)
+    flags.DEFINE_boolean("no-torch", False, "skip the reference", flag_values=values)
+    flags.DEFINE_string("torch-venv", "venv", "a hidden flag", flag_values=values)
+
+
+def test_parse_keeps_hyphenated_names_and_defines_the_flags_afresh_each_call():
+    for _ in range(2):  # a fresh FlagValues each call: no duplicate-flag error
+        args = cli.parse(
+            ["--workdir", "w", "--num-samples", "7", "--no-torch"],
+            _define,
+            "doc",
+            required=["workdir"],
+        )
+        want = {"workdir": "w", "num_samples": 7, "no_torch": True, "torch_venv": "venv"}
+        assert vars(args) == want
+    args = cli.parse(["--workdir=w", "--", "--x"], _define, "doc", positional=["name"])
+    assert vars(args) == {
+        "workdir": "w",
+        "num_samples": 5000,
+        "no_torch": False,
+        "torch_venv": "venv",
+        "name": "--x",
+    }
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "missing --workdir"),
+        (["--workdir=w", "stray"], "unexpected arguments: stray"),
+        (["--workdir=w", "--num-samples=many"], "flag --num-samples=many: invalid literal"),
+        (["--workdir=w", "--num-sample=5"], "Unknown command line flag 'num-sample'"),
+        (["--workdir=w", "--num-samples"], "Missing value for flag --num-samples"),
+    ],
+)
+def test_parse_turns_every_mistake_into_a_user_error(argv, message):
+    with pytest.raises(cli.UserError, match=re.escape(message)) as error:
+        cli.parse(argv, _define, "doc", required=["workdir"])
+    assert str(error.value).endswith(f"(see {PROG} --help)")
+
+
+@pytest.mark.parametrize("asks", [["--help"], ["-h"], ["--num-samples=x", "-h"]])
+def test_parse_answers_help_with_exit_0_and_hides_hidden_flags(asks, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse(asks, _define, "The doc.", required=["workdir"], hidden=["torch-venv"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {PROG} [flags]\n") and "The doc." in out
+    assert "--workdir (required)" in out and "--num-samples (an integer, default 5000)" in out
+    assert "--no-torch" in out and "torch-venv" not in out

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.evaluate import active_units, map_dataset
+from vae_jax.evaluate import active_units
+from vae_jax.host import map_dataset
 
 
 def test_map_dataset_returns_each_example_once_in_order():

@@ -1,11 +1,11 @@
-"""experiments.ablate.figure2: every curve is inside its panel or named in it."""
+"""experiments.report.figure2: every curve is inside its panel or named in it."""
 
 import itertools
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import ablate
+from experiments import report
 
 STEPS = [500 * (e + 1) for e in range(10)]  # 10 epochs of 500 batches of 100
 
@@ -27,7 +27,7 @@ def _fake_runs():
 
 
 def test_every_curve_is_inside_its_panel_or_named_there():
-    fig = ablate.figure2(_fake_runs(), batch_size=100)
+    fig = report.figure2(_fake_runs(), batch_size=100)
     try:
         axes = fig.get_axes()
         assert [ax.get_title() for ax in axes] == ["N_z = 3", "N_z = 20"]
@@ -46,7 +46,7 @@ def test_every_curve_is_inside_its_panel_or_named_there():
                 assert f"min {y.min():.4g}" in notes
                 named += 1
             # the AEVB curves are not squashed flat by an off-range curve
-            assert high - low < 2 * ablate.FIGURE2_WINDOW_NATS
+            assert high - low < 2 * report.FIGURE2_WINDOW_NATS
         assert named == 3  # both wake-sleep curves at N_z = 3, the valid one at N_z = 20
 
         # x tick labels are readable: present and pairwise apart
@@ -69,6 +69,6 @@ def test_every_curve_is_inside_its_panel_or_named_there():
 
 
 def test_ticks_cover_the_range_without_crowding():
-    assert ablate._figure2_ticks(5e4, 5e5) == [5e4, 1e5, 2e5, 5e5]
-    assert ablate._figure2_ticks(1e5, 1e8) == [1e5, 1e6, 1e7, 1e8]
-    assert [ablate._count_label(t) for t in (5e4, 1e5, 2.5e6)] == ["50k", "100k", "2.5M"]
+    assert report._figure2_ticks(5e4, 5e5) == [5e4, 1e5, 2e5, 5e5]
+    assert report._figure2_ticks(1e5, 1e8) == [1e5, 1e6, 1e7, 1e8]
+    assert [report._count_label(t) for t in (5e4, 1e5, 2.5e6)] == ["50k", "100k", "2.5M"]

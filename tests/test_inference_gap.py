@@ -12,7 +12,7 @@ import pytest
 
 from experiments import inference_gap
 from vae_jax import linear_gaussian as lg
-from vae_jax.local import encoder_outputs
+from vae_jax.schema import encoder_outputs
 
 D, L = 12, 3
 
@@ -23,7 +23,7 @@ def bed():
     model = lg.make_linear_gaussian(D, L)
     theta = lg.init_orthogonal_theta(jax.random.key(0), D, L, noise_scale=0.7)
     z_key, noise_key = jax.random.split(jax.random.key(1))
-    x = model.likelihood(theta, jax.random.normal(z_key, (1000, L))).sample(noise_key)
+    x = model.likelihood(theta, jax.random.normal(z_key, (1000, L)), {}).sample(noise_key)
     phi = lg.perturbed_posterior_phi(lg.exact_posterior_phi(theta), jax.random.key(2), 0.3)
     return model, theta, phi, np.asarray(x)
 

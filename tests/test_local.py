@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from vae_jax import linear_gaussian as lg
-from vae_jax.evaluate import make_elbo_terms, make_log_p_x, map_dataset
-from vae_jax.local import encoder_outputs, make_fit_local, per_datapoint_phi, prior_phi
+from vae_jax.evaluate import make_elbo_terms, make_log_p_x
+from vae_jax.host import map_dataset
+from vae_jax.local import make_fit_local
 from vae_jax.models import make_vae
-from vae_jax.objectives import batch_objective, make_elbo, phi_axis
+from vae_jax.objectives import batch_objective, make_elbo
+from vae_jax.schema import encoder_outputs, per_datapoint_phi, phi_axis, prior_phi
 
 D, L, N = 12, 3, 16
 
@@ -117,35 +119,32 @@ def test_non_amortised_training_updates_only_the_rows_it_sees():
     """45 examples, batches of 10: 4 steps per epoch, so 5 rows are never touched."""
     import optax
 
-    from vae_jax.train import init_train_state, make_train_epoch
+    from vae_jax.local import init_per_datapoint_state, make_per_datapoint_step
+    from vae_jax.train import make_train_epoch
 
     model = make_vae(D, L, (8,))
     optimizer, local_optimizer = optax.adam(1e-2), optax.adam(5e-2)
-    state = init_train_state(jax.random.key(0), model, optimizer, local_optimizer, 45)
+    state = init_per_datapoint_state(jax.random.key(0), model, optimizer, local_optimizer, 45)
     assert set(state.phi) == {"q_z"} and state.phi["q_z"]["loc"].shape == (45, L)
     start_loc = np.asarray(state.phi["q_z"]["loc"])
     start_decoder = np.asarray(state.theta["p_x_given_z"]["logits"]["kernel"])
     epoch_fn = jax.jit(
         make_train_epoch(
-            lambda beta: make_elbo(model, beta=beta),
-            optimizer,
-            10,
-            45,
-            local_optimizer=local_optimizer,
+            make_per_datapoint_step(make_elbo(model), optimizer, local_optimizer), 10, 45
         )
     )
     x = jax.random.uniform(jax.random.key(1), (45, D))
     state, _ = epoch_fn(state, jax.random.key(2), jnp.asarray(0, jnp.int32), x)
     moved = np.any(np.asarray(state.phi["q_z"]["loc"]) != start_loc, axis=1)
     assert moved.sum() == 40
-    counts = np.asarray(state.opt_state["q_z"][0].count)  # each row's own Adam step count
+    counts = np.asarray(state.opt_state["phi"]["q_z"][0].count)  # each row's own Adam step count
     np.testing.assert_array_equal(counts, moved.astype(counts.dtype))
     assert np.any(np.asarray(state.theta["p_x_given_z"]["logits"]["kernel"]) != start_decoder)
 
 
 def test_per_datapoint_run_trains_and_is_scored_from_the_config(tmp_path):
     from experiments.configs import default
-    from experiments.main import train_and_evaluate
+    from experiments.train import train_and_evaluate
 
     config = default.get_config("smoke")
     config.model.inference = "per_datapoint"

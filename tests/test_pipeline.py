@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from experiments import evaluate as rescore
-from experiments import factory, inference_gap, main
+from experiments import factory, inference_gap
+from experiments import train as train_module
 from experiments.configs import default, iwae_1layer, kingma_welling
-from experiments.main import restore_run, train_and_evaluate
+from experiments.train import restore_run, train_and_evaluate
 from vae_jax.evaluate import Stream, stream_key
 from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
 
@@ -181,7 +182,7 @@ def test_training_gets_the_binarisation_the_config_names(tmp_path, monkeypatch, 
     """Dynamic: the epoch function gets the grey images and redraws bits itself (each
     step, tests/test_train.py); static: it gets the bits saved once, and keeps them."""
     handed = {}
-    make_train_epoch = main.make_train_epoch
+    make_train_epoch = train_module.make_train_epoch
 
     def spy(*args, **kwargs):
         handed["dynamic_binarization"] = kwargs.get("dynamic_binarization")
@@ -193,7 +194,7 @@ def test_training_gets_the_binarisation_the_config_names(tmp_path, monkeypatch, 
 
         return recording
 
-    monkeypatch.setattr(main, "make_train_epoch", spy)
+    monkeypatch.setattr(train_module, "make_train_epoch", spy)
     config = default.get_config("smoke")
     config.data.binarization = binarization
     assert train_and_evaluate(config, tmp_path, stop_after_epoch=1) is None

@@ -1,5 +1,7 @@
 """Re-alignment of latent coordinates and prior refits, against what they must preserve."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,6 @@ import pytest
 
 from vae_jax.distributions import DiagonalGaussian, StandardNormal
 from vae_jax.evaluate import aggregate_posterior_moments, make_posterior_moment_sums
-from vae_jax.local import encoder_outputs
 from vae_jax.models import make_vae
 from vae_jax.objectives import log_importance_weights, make_elbo
 from vae_jax.realign import (
@@ -16,15 +17,16 @@ from vae_jax.realign import (
     moment_matched_prior,
     posterior_moments,
     realign,
-    with_log_scale_shift,
+    with_adjustment,
 )
+from vae_jax.schema import encoder_outputs
 
 D, L, N = 30, 4, 400
 
 
 def _trained_looking(hidden_sizes, prior="standard_normal"):
     """A small VAE whose aggregate posterior is far from N(0, I): shifted and scaled."""
-    model = make_vae(D, L, hidden_sizes, prior=prior, prior_components=3)
+    model = make_vae(D, L, hidden_sizes, prior=prior, prior_components=3, log_scale_shift=True)
     theta, phi = model.init(jax.random.key(0))
     encoder = phi["q_z_given_x"]
     # Move the encoder's output off the prior: means near 3, spread x4, sigmas x0.2.
@@ -49,8 +51,8 @@ def test_decoder_is_unchanged_at_corresponding_latents(hidden_sizes):
     z_new = np.asarray(jax.random.normal(jax.random.key(2), (50, L)))
     z_old = moments["mean"] + np.sqrt(moments["variance"]) * z_new
     np.testing.assert_allclose(
-        model.likelihood(new_theta, z_new).logits,
-        model.likelihood(theta, z_old).logits,
+        model.likelihood(new_theta, z_new, new_phi).logits,
+        model.likelihood(theta, z_old, phi).logits,
         rtol=1e-4,
         atol=1e-4,
     )
@@ -125,9 +127,16 @@ def test_jitted_moments_agree_with_the_streamed_ones():
     np.testing.assert_allclose(in_memory["variance"], streamed["variance"], rtol=1e-4)
 
 
-def test_realign_keeps_the_tree_structure_once_the_shift_leaf_exists():
+def test_realign_needs_the_shift_leaf_built_in():
+    model = make_vae(D, L, (16,))
+    theta, phi = model.init(jax.random.key(0))
+    moments = {"mean": jnp.zeros(L), "variance": jnp.ones(L)}
+    with pytest.raises(ValueError, match="built without.*log_scale_shift=True"):
+        realign(theta, phi, moments)
+
+
+def test_realign_keeps_the_tree_structure():
     model, theta, phi, x = _trained_looking((16,))
-    phi = with_log_scale_shift(phi)
     adjust = jax.jit(make_adjustment(model, "realign"))
     new_theta, new_phi = adjust(jax.random.key(0), theta, phi, x)
     assert jax.tree_util.tree_structure((new_theta, new_phi)) == jax.tree_util.tree_structure(
@@ -181,40 +190,27 @@ def test_training_realigns_after_every_nth_step():
     """An epoch of 4 steps with adjust_every=4 ends realigned on the moment subset."""
     import optax
 
-    from vae_jax.train import init_train_state, make_train_epoch
+    from vae_jax.schema import params
+    from vae_jax.train import init_train_state, make_amortised_step, make_train_epoch
 
     model, theta, phi, x = _trained_looking((16,))  # off the prior from the start
     optimizer = optax.adam(1e-3)
-    phi = with_log_scale_shift(phi)
     start = init_train_state(jax.random.key(0), model, optimizer)
-    start = start._replace(theta=theta, phi=phi, opt_state=optimizer.init((theta, phi)))
-    epoch = jax.jit(
-        make_train_epoch(
-            lambda beta: make_elbo(model, 1),
-            optimizer,
-            batch_size=100,
-            num_examples=N,
-            dynamic_binarization=False,
-            adjust_fn=make_adjustment(model, "realign"),
-            adjust_every=4,
-            adjust_examples=N,
-        )
+    start = start._replace(theta=theta, phi=phi, opt_state=optimizer.init(params(theta, phi)))
+    step = make_amortised_step(make_elbo(model, 1), optimizer)
+    realign_every = functools.partial(
+        with_adjustment,
+        step,
+        make_adjustment(model, "realign"),
+        x_MxD=x,
+        dynamic_binarization=False,
     )
+    epoch = jax.jit(make_train_epoch(realign_every(4), 100, N, dynamic_binarization=False))
     state, _ = epoch(start, jax.random.key(1), jnp.asarray(0), x)
     after = posterior_moments(model, state.phi, x)
     np.testing.assert_allclose(after["mean"], 0.0, atol=1e-4)
     np.testing.assert_allclose(after["variance"], 1.0, rtol=1e-4)
     # with adjust_every=5 the 4 steps never reach an adjustment: moments stay off
-    epoch5 = jax.jit(
-        make_train_epoch(
-            lambda beta: make_elbo(model, 1),
-            optimizer,
-            100,
-            N,
-            dynamic_binarization=False,
-            adjust_fn=make_adjustment(model, "realign"),
-            adjust_every=5,
-        )
-    )
+    epoch5 = jax.jit(make_train_epoch(realign_every(5), 100, N, dynamic_binarization=False))
     state, _ = epoch5(start, jax.random.key(1), jnp.asarray(0), x)
     assert float(jnp.max(jnp.abs(posterior_moments(model, state.phi, x)["mean"]))) > 0.5

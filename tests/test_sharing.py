@@ -78,7 +78,7 @@ def test_a_tied_decoder_needs_phi_and_compatible_widths():
     tied = make_vae(D, L, (H,), tie_weights="x_layers")
     theta, phi = tied.init(jax.random.key(0))
     with pytest.raises(ValueError, match="shares a weight with the encoder"):
-        tied.likelihood(theta, jnp.zeros((L,)))
+        tied.likelihood(theta, jnp.zeros((L,)), {"q_z": {}})  # per-datapoint: no encoder
     assert tied.likelihood(theta, jnp.zeros((L,)), phi).logits.shape == (D,)
     with pytest.raises(ValueError, match="encoder's first hidden width"):
         make_vae(D, L, (H,), decoder_hidden_sizes=(H + 1,), tie_weights="x_layers")
@@ -89,7 +89,7 @@ def test_a_tied_decoder_needs_phi_and_compatible_widths():
 
 
 def test_realign_refuses_tied_weights():
-    tied = make_vae(D, L, (H,), tie_weights="z_layers")
+    tied = make_vae(D, L, (H,), tie_weights="z_layers", log_scale_shift=True)
     theta, phi = tied.init(jax.random.key(0))
     moments = {"mean": np.zeros(L), "variance": np.ones(L)}
     with pytest.raises(ValueError, match="realign needs untied weights"):

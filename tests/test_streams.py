@@ -5,8 +5,8 @@ used to hold test image 2's key, and its split gave that image's IS chunk keys.
 These tests record every key each use of the evaluation key derives
 (``fold_in``, ``split``) or draws with (``normal``, ``randint``, ...), while the
 real evaluation code runs, and check that the uses' key sets are disjoint.
-A use is one call site in the evaluation script (a line of
-``experiments.main.evaluate`` or ``experiments.inference_gap.measure``).
+A use is one call site in an evaluation (a line of ``vae_jax.evaluate.evaluate``,
+``experiments.train.evaluate`` or ``experiments.inference_gap.measure``).
 """
 
 import functools
@@ -20,12 +20,14 @@ import pytest
 
 from experiments import inference_gap
 from experiments.configs import default
-from experiments.main import build_run, evaluate
+from experiments.factory import build
+from experiments.train import evaluate
 from vae_jax import linear_gaussian as lg
 
 DRAWS = ("normal", "bernoulli", "categorical", "randint", "uniform")
 DERIVATIONS = ("fold_in", "split")
-SCRIPTS = {("main.py", "evaluate"), ("inference_gap.py", "measure")}
+# (file, function) of the evaluations: the library's, the plots' wrapper, the gap's
+SCRIPTS = {("evaluate.py", "evaluate"), ("train.py", "evaluate"), ("inference_gap.py", "measure")}
 
 
 def _use():
@@ -114,7 +116,8 @@ def _x_test():
 @pytest.mark.parametrize("inference", ["amortised", "per_datapoint"])
 def test_every_use_in_evaluate_draws_its_own_keys(tmp_path, recorded, inference):
     config = _config(model__inference=inference)
-    model, _, _, state, _ = build_run(config, 10, 784)
+    run = build(config, np.zeros((10, 784), np.float32))
+    model, state = run.model, run.state
     x_test = _x_test()  # before recording: the test's own draws are no use of eval_key
     evaluate(config, model, state, x_test, jax.random.key(int(config.eval.seed)), tmp_path)
     keys, draws = recorded()

@@ -17,7 +17,7 @@ import pytest
 
 from experiments import factory
 from experiments.configs import default
-from experiments.main import train_and_evaluate
+from experiments.train import train_and_evaluate
 from vae_jax import checkpoint, data
 from vae_jax import train as train_module
 from vae_jax.models import make_vae
@@ -26,6 +26,7 @@ from vae_jax.train import (
     init_train_state,
     iwae_learning_rate_schedule,
     iwae_schedule_epochs,
+    make_amortised_step,
     make_train_epoch,
 )
 
@@ -36,7 +37,7 @@ def _tiny_epoch():
     model = make_vae(16, 2, (8,))
     optimizer = optax.adam(1e-2)
     state = init_train_state(jax.random.key(0), model, optimizer)
-    epoch_fn = make_train_epoch(lambda beta: make_elbo(model, beta=beta), optimizer, 10, 40)
+    epoch_fn = make_train_epoch(make_amortised_step(make_elbo(model), optimizer), 10, 40)
     return state, epoch_fn, jax.random.uniform(jax.random.key(1), (40, 16))
 
 
@@ -62,36 +63,44 @@ def test_train_epoch_compiles_once_and_a_retrace_is_caught():
 ID_PIXELS, COIN_PIXELS = 4, 48
 NUM_EXAMPLES, BATCH_SIZE, EPOCHS = 16, 4, 3
 STEPS_PER_EPOCH = NUM_EXAMPLES // BATCH_SIZE
-WARMUP_STEPS = 10_000  # beta = step / WARMUP_STEPS tells the objective its step
 
 
 def _host_key(key_data) -> tuple[int, ...]:
     return tuple(np.asarray(key_data).tolist())
 
 
-@pytest.fixture(scope="module")
-def steps_seen():
+# Every training generator the configs offer (experiments.factory.train_key) must
+# keep these properties.
+@pytest.fixture(scope="module", params=["threefry2x32", "rbg", "unsafe_rbg"])
+def steps_seen(request):
     model = make_vae(ID_PIXELS + COIN_PIXELS, 1, (2,))
     elbo = make_elbo(model)
-    seen, binarize_keys = [], []
+    seen, binarize_keys, step_of_bits = [], [], {}
 
-    def record(beta, x, key_data):
+    def record(x, key_data):
         bits = np.asarray(x).copy()
         seen.append(
             {
-                "step": round(float(beta) * WARMUP_STEPS),
                 "example": int(bits[:ID_PIXELS] @ (2 ** np.arange(ID_PIXELS))),
                 "bits": bits,
                 "key": _host_key(key_data),
             }
         )
 
-    def objective_at_beta(beta):
-        def objective(key, theta, phi, x):
-            jax.debug.callback(record, beta, x, jax.random.key_data(key))
-            return elbo(key, theta, phi, x)
+    def objective(key, theta, phi, x):
+        jax.debug.callback(record, x, jax.random.key_data(key))
+        return elbo(key, theta, phi, x)
 
-        return objective
+    def record_step(step, x_BxD):  # 48 fair coins per row: a row's bits name its step
+        for row in np.asarray(x_BxD):
+            step_of_bits[row.tobytes()] = int(step)
+
+    optimizer = optax.sgd(1e-3)
+    amortised = make_amortised_step(objective, optimizer)
+
+    def step_fn(key, state, x_BxD, index_B):
+        jax.debug.callback(record_step, state.step, x_BxD)
+        return amortised(key, state, x_BxD, index_B)
 
     def recording_binarize(key, x):
         jax.debug.callback(lambda k: binarize_keys.append(_host_key(k)), jax.random.key_data(key))
@@ -100,24 +109,23 @@ def steps_seen():
     code_NxI = (np.arange(NUM_EXAMPLES)[:, None] >> np.arange(ID_PIXELS)[None, :]) & 1
     coins_NxC = np.full((NUM_EXAMPLES, COIN_PIXELS), 0.5)
     x = jnp.asarray(np.concatenate([code_NxI, coins_NxC], axis=1), jnp.float32)
-    optimizer = optax.sgd(1e-3)
     state = init_train_state(jax.random.key(0), model, optimizer)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "binarize", recording_binarize)
-        epoch_fn = jax.jit(
-            make_train_epoch(
-                objective_at_beta, optimizer, BATCH_SIZE, NUM_EXAMPLES, warmup_steps=WARMUP_STEPS
-            )
-        )
+        epoch_fn = jax.jit(make_train_epoch(step_fn, BATCH_SIZE, NUM_EXAMPLES))
         for epoch in range(EPOCHS):
-            state, _ = epoch_fn(state, jax.random.key(2), jnp.asarray(epoch, jnp.int32), x)
+            train_key = jax.random.key(2, impl=request.param)
+            state, _ = epoch_fn(state, train_key, jnp.asarray(epoch, jnp.int32), x)
         jax.effects_barrier()
     assert len(seen) == EPOCHS * NUM_EXAMPLES  # each example scored once per epoch
-    return seen, binarize_keys
+    assert len(step_of_bits) == EPOCHS * NUM_EXAMPLES  # no two rows drew the same bits
+    for r in seen:
+        r["step"] = step_of_bits[r["bits"].tobytes()]
+    return seen, binarize_keys, request.param
 
 
 def test_every_epoch_has_its_own_shuffle_order(steps_seen):
-    seen, _ = steps_seen
+    seen, _, _ = steps_seen
     batches = {}  # step -> the examples in that step's batch
     for r in seen:
         batches.setdefault(r["step"], set()).add(r["example"])
@@ -132,7 +140,7 @@ def test_every_epoch_has_its_own_shuffle_order(steps_seen):
 
 def test_binarisation_is_redrawn_at_every_step(steps_seen):
     """Dynamic binarisation: an example's coin pixels differ every time it is seen."""
-    seen, _ = steps_seen
+    seen, _, _ = steps_seen
     draws = {}
     for r in seen:
         assert set(np.unique(r["bits"])) <= {0.0, 1.0}  # the objective sees bits
@@ -149,7 +157,7 @@ def test_binarisation_is_redrawn_at_every_step(steps_seen):
 
 def test_binarisation_and_objective_draw_from_different_keys(steps_seen):
     """No step's binarisation key, nor a key split from it, reaches the objective."""
-    seen, binarize_keys = steps_seen
+    seen, binarize_keys, impl = steps_seen
     assert len(binarize_keys) == EPOCHS * STEPS_PER_EPOCH  # one binarisation per step
     objective_keys = {r["key"] for r in seen}
     assert len(objective_keys) == len(seen)  # no key serves twice, across steps or examples
@@ -157,7 +165,8 @@ def test_binarisation_and_objective_draw_from_different_keys(steps_seen):
     from_binarize = set(binarize_keys)
     for key_data in binarize_keys:
         # batch_objective splits its key into one per example (split(K, n)[j] == fold_in(K, j))
-        children = jax.random.split(jax.random.wrap_key_data(np.asarray(key_data, np.uint32)), 8)
+        key = jax.random.wrap_key_data(np.asarray(key_data, np.uint32), impl=impl)
+        children = jax.random.split(key, 8)
         from_binarize.update(_host_key(jax.random.key_data(c)) for c in children)
     assert not objective_keys & from_binarize
 
@@ -285,7 +294,7 @@ def test_workdir_of_a_different_config_is_refused(tmp_path):
 def test_unknown_options_are_refused_by_name():
     model = factory.build_model(_smoke_config(), 784)
     with pytest.raises(ValueError, match="unknown objective 'vimco'"):
-        factory.build_objective_at_beta(_smoke_config(objective__name="vimco"), model)
+        factory.build_objective(_smoke_config(objective__name="vimco"), model)
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         factory.build_optimizer(_smoke_config(optimizer__name="sgd"), 10)
     with pytest.raises(ValueError, match="unknown binarization"):

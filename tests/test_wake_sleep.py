@@ -21,9 +21,11 @@ def test_theta_gets_the_wake_gradient_and_phi_the_sleep_gradient(ppca):
 
     wake_key, dream_z_key, dream_x_key = jax.random.split(key, 3)
     z = model.posterior(phi, x).sample(wake_key)
-    wake = jax.grad(lambda t: model.prior(t).log_prob(z) + model.likelihood(t, z).log_prob(x))
-    z_d = model.prior(theta).sample(dream_z_key)
-    x_d = model.likelihood(theta, z_d).sample(dream_x_key)
+    wake = jax.grad(
+        lambda t: model.prior(t, phi).log_prob(z) + model.likelihood(t, z, phi).log_prob(x)
+    )
+    z_d = model.prior(theta, phi).sample(dream_z_key)
+    x_d = model.likelihood(theta, z_d, phi).sample(dream_x_key)
     sleep = jax.grad(lambda p: model.posterior(p, x_d).log_prob(z_d))
     for got, want in ((g_theta, wake(theta)), (g_phi, sleep(phi))):
         jax.tree_util.tree_map(

@@ -15,7 +15,7 @@ import pytest
 from experiments import factory, plots
 from experiments.cli import UserError
 from experiments.configs import default, iwae_1layer, kingma_welling
-from experiments.main import restore_run, train_and_evaluate
+from experiments.train import restore_run, train_and_evaluate
 from vae_jax.data import Splits, binarize_once, load_mnist
 from vae_jax.models import make_vae
 
@@ -207,3 +207,36 @@ def test_a_workdir_that_is_a_file_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match=f"--workdir {a_file} is a file"):
         restore_run(a_file)
     assert a_file.read_text() == "keep me"
+
+
+def test_a_checkpoint_of_the_tuple_optimiser_layout_resumes(tmp_path):
+    """Before the optimiser saw {"theta", "phi"}, Adam's moments of (theta, phi) were
+    saved under paths 0 and 1: the same arrays, which resume into today's state."""
+    import optax
+
+    from experiments import workdir as wd
+    from vae_jax import checkpoint
+    from vae_jax.models import make_vae
+    from vae_jax.train import init_train_state
+
+    model, optimizer = make_vae(16, 3, (8,)), optax.adam(1e-3)
+    state = init_train_state(jax.random.key(0), model, optimizer)
+    moved = jax.tree_util.tree_map(lambda a: a + 1.0, state.opt_state[0].mu)
+    state = state._replace(opt_state=(state.opt_state[0]._replace(mu=moved), *state.opt_state[1:]))
+    legacy = state._replace(
+        opt_state=(
+            state.opt_state[0]._replace(
+                mu=(moved["theta"], moved["phi"]),
+                nu=(state.opt_state[0].nu["theta"], state.opt_state[0].nu["phi"]),
+            ),
+            *state.opt_state[1:],
+        )
+    )
+    checkpoint.save(tmp_path / wd.CHECKPOINT, {"epoch": 4, "state": legacy})
+    fresh = init_train_state(jax.random.key(1), model, optimizer)
+    epoch, restored = wd.restore_checkpoint(tmp_path, fresh)
+    assert epoch == 4
+    for a, b in zip(
+        jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)

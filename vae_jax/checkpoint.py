@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import numpy as np
 from flax import serialization
 
 
-def save(path: str | Path, tree: Any) -> None:
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: every file vae_jax writes
+    (checkpoints, records, bits) goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = serialization.msgpack_serialize(serialization.to_state_dict(tree))
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -39,8 +41,15 @@ def save(path: str | Path, tree: Any) -> None:
         os.close(dir_fd)
 
 
-def restore(path: str | Path, template: Any) -> Any:
+def save(path: str | Path, tree: Any) -> None:
+    write_atomic(path, serialization.msgpack_serialize(serialization.to_state_dict(tree)))
+
+
+def restore(path: str | Path, template: Any, upgrade: Callable[[dict], dict] | None = None) -> Any:
     """Read ``path`` into the structure of ``template`` (shapes are checked).
+
+    ``upgrade`` maps the raw state dict of an older layout onto today's before
+    it is read (``experiments.workdir`` uses it for checkpoints of earlier code).
 
     Raises:
       ValueError: naming ``path``, if it is truncated, corrupt, or holds
@@ -49,6 +58,8 @@ def restore(path: str | Path, template: Any) -> Any:
     data = Path(path).read_bytes()
     try:
         raw = serialization.msgpack_restore(data)
+        if upgrade is not None:
+            raw = upgrade(raw)
         restored = serialization.from_state_dict(template, raw)
     except Exception as error:  # msgpack and flax raise several types for bad bytes
         raise ValueError(

@@ -21,6 +21,7 @@ Numerical safety:
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -158,9 +159,24 @@ class MixtureOfDiagonalGaussians(NamedTuple):
         return jax.nn.softmax(self.logits) @ self.loc
 
     def log_prob(self, z: jax.Array) -> jax.Array:
-        z_xKxL = jnp.expand_dims(z, -2)  # [..., 1, L] against the K components
-        z_xKxL, loc, log_scale = jnp.broadcast_arrays(z_xKxL, self.loc, self.log_scale)
-        log_components = DiagonalGaussian(loc, log_scale).log_prob(z_xKxL)  # [..., K]
+        """The quadratic of every component as two matmuls, with precisions p = sigma^-2:
+
+            log N(z; mu_k, sigma_k) = -1/2 z^2 . p_k + z . (mu_k p_k) + c_k,
+            c_k = -1/2 mu_k^2 . p_k - sum log sigma_k - L/2 log 2 pi,
+
+        so no [..., K, L] array is formed (the VampPrior has K = 500 components).
+        Expanding the square costs accuracy only where a component is very narrow
+        and z far from 0: the error is about |z|^2 p float32 epsilons (1e-4 nats at
+        sigma = 0.05, |z| = 3).
+        """
+        precision_KxL = jnp.exp(-2.0 * self.log_scale)
+        c_K = (
+            -0.5 * jnp.sum(self.loc**2 * precision_KxL, axis=-1)
+            - jnp.sum(self.log_scale, axis=-1)
+            - self.loc.shape[-1] * _HALF_LOG_2PI
+        )
+        log_components = -0.5 * (z**2) @ precision_KxL.T + z @ (self.loc * precision_KxL).T
+        log_components = log_components + jnp.broadcast_to(c_K, log_components.shape)
         log_weights = jnp.broadcast_to(jax.nn.log_softmax(self.logits), log_components.shape)
         return jax.nn.logsumexp(log_weights + log_components, axis=-1)
 
@@ -171,6 +187,71 @@ class MixtureOfDiagonalGaussians(NamedTuple):
 
 
 Distribution = DiagonalGaussian | StandardNormal | Bernoulli | MixtureOfDiagonalGaussians
+
+
+class Chain:
+    """A Markov chain over blocks of latents, as one distribution over their concatenation.
+
+        sampling order:  b_0 ~ root,  b_1 ~ links[0](b_0),  ...,  b_k ~ links[k-1](b_{k-1})
+        log_prob(z)  =   log root(b_0) + sum_i log links[i](b_i)(b_{i+1})
+
+    ``z`` is the blocks concatenated in LAYER order (z_1, ..., z_k), whichever way
+    the chain is sampled: the posterior q(z_1 | x) q(z_2 | z_1) samples z_1 first,
+    the prior p(z_2) p(z_1 | z_2) samples z_2 first (``reverse=True``). So
+    objectives written for one latent vector (ELBO, IWAE bound, IS log p(x)) run on
+    a chain unchanged: sample, log_prob, and the decoder reads its own block.
+
+    A pytree: ``root`` is its child; the links (functions of the previous block,
+    closing over their network's parameters) and sizes are static.
+    """
+
+    def __init__(self, root, links: tuple, sizes: tuple[int, ...], reverse: bool = False):
+        if len(links) != len(sizes) - 1:
+            raise ValueError(f"a chain of {len(sizes)} blocks needs {len(sizes) - 1} links")
+        self.root, self.links, self.sizes, self.reverse = root, tuple(links), tuple(sizes), reverse
+
+    def _blocks(self, z: jax.Array) -> list[jax.Array]:
+        """z [..., sum sizes] in layer order -> blocks in sampling order."""
+        layer_sizes = self.sizes[::-1] if self.reverse else self.sizes
+        if z.shape[-1] != sum(layer_sizes):
+            raise ValueError(f"expected z of size {sum(layer_sizes)}, got shape {z.shape}")
+        splits = list(itertools.accumulate(layer_sizes))[:-1]
+        blocks = jnp.split(z, splits, axis=-1)
+        return blocks[::-1] if self.reverse else blocks
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        blocks = self._blocks(z)
+        total = self.root.log_prob(blocks[0])
+        for link, previous, block in zip(self.links, blocks[:-1], blocks[1:], strict=True):
+            total = total + link(previous).log_prob(block)
+        return total
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        keys = jax.random.split(key, len(self.sizes))
+        blocks = [self.root.sample(keys[0], sample_shape)]
+        for link, block_key in zip(self.links, keys[1:], strict=True):
+            blocks.append(link(blocks[-1]).sample(block_key))
+        return jnp.concatenate(blocks[::-1] if self.reverse else blocks, axis=-1)
+
+    def estimate_mean(self, key: jax.Array, num_draws: int) -> jax.Array:
+        """E[z] in layer order: the root block's mean exactly, each later block's as
+        the average of its link's mean over ``num_draws`` ancestral draws of the
+        block before it (E[b_{i+1}] = E[mean of links[i](b_i)]: Rao-Blackwellised)."""
+        keys = jax.random.split(key, len(self.sizes))
+        block = self.root.sample(keys[0], (num_draws,))
+        means = [self.root.mean]
+        for i, link in enumerate(self.links):
+            conditional = link(block)
+            means.append(jnp.mean(conditional.mean, axis=0))
+            block = conditional.sample(keys[i + 1])
+        return jnp.concatenate(means[::-1] if self.reverse else means, axis=-1)
+
+
+jax.tree_util.register_pytree_node(
+    Chain,
+    lambda c: ((c.root,), (c.links, c.sizes, c.reverse)),
+    lambda aux, children: Chain(children[0], *aux),
+)
 
 
 def kl_divergence_per_dim(q: DiagonalGaussian, p: DiagonalGaussian | StandardNormal) -> jax.Array:

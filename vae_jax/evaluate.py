@@ -17,20 +17,31 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from vae_jax.distributions import DiagonalGaussian, has_analytic_kl, kl_divergence_per_dim
-from vae_jax.models import LatentVariableModel, Phi, Theta
-from vae_jax.objectives import make_elbo, make_log_marginal_likelihood, phi_axis
+from vae_jax.distributions import (
+    Chain,
+    DiagonalGaussian,
+    has_analytic_kl,
+    kl_divergence_per_dim,
+)
+from vae_jax.host import Progress, fit_local_in_batches, map_dataset, padded_batches, take_rows
+from vae_jax.local import make_fit_local
+from vae_jax.models import LatentVariableModel, num_params
+from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
 from vae_jax.parallel import constrain_batch
+from vae_jax.schema import Phi, Theta, phi_axis, prior_phi
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
+# A chain's E[z_2 | x] is an average over draws of z_1; its Monte Carlo variance,
+# at most Var(z_2 | x) / draws, must stay well under the threshold above.
+CHAIN_MEAN_DRAWS = 1000
+CHAIN_MEAN_STREAM = 1  # fold_in data under an example's ELBO key
 
 
 @enum.unique
@@ -80,7 +91,12 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
             kl_per_dim = kl_divergence_per_dim(q_z, p_z)
         else:
             kl_per_dim = jnp.full((model.latent_dim,), jnp.nan)
-        return {**aux, "kl_per_dim": kl_per_dim, "posterior_mean": q_z.mean}
+        if isinstance(q_z, Chain):  # stochastic layers: E[z | x] by Monte Carlo
+            mean_key = jax.random.fold_in(example_key, CHAIN_MEAN_STREAM)
+            posterior_mean = q_z.estimate_mean(mean_key, CHAIN_MEAN_DRAWS)
+        else:
+            posterior_mean = q_z.mean
+        return {**aux, "kl_per_dim": kl_per_dim, "posterior_mean": posterior_mean}
 
     def batch(key, theta, phi, x_BxD, index_B):
         keys_B = _per_example_keys(stream_key(key, Stream.ELBO), index_B)
@@ -201,56 +217,6 @@ def make_mixture_log_p_x(
         )
 
     return batch
-
-
-class Batch(NamedTuple):
-    """One fixed-size batch of a dataset of N examples."""
-
-    start: int
-    index: np.ndarray  # [B] example indices; the last batch may run past N
-    rows: np.ndarray  # [B] indices clipped to N - 1: the last batch repeats its last row
-    valid: int  # how many of the B are real examples
-
-
-def padded_batches(n: int, batch_size: int, description: str | None = None):
-    """Batches of one shape (so jitted evaluators compile once), the last padded."""
-    starts = range(0, n, batch_size)
-    if description:
-        starts = tqdm(starts, desc=description, unit="batch", leave=False)
-    for start in starts:
-        index = np.arange(start, start + batch_size)
-        yield Batch(start, index, np.minimum(index, n - 1), min(batch_size, n - start))
-
-
-def take_rows(phi: Phi, rows: np.ndarray) -> Phi:
-    """phi for a batch: amortised phi whole, per-datapoint phi's rows."""
-    if phi_axis(phi) is None:
-        return phi
-    return jax.tree_util.tree_map(lambda a: a[rows], phi)
-
-
-def map_dataset(
-    fn: Callable,
-    key: jax.Array,
-    theta: Theta,
-    phi: Phi,
-    x_NxD: np.ndarray,
-    batch_size: int,
-    description: str | None = None,
-):
-    """Apply a jitted batched evaluator to a whole dataset; returns host arrays [N, ...].
-
-    Every call sees the same batch shape, so ``fn`` compiles once. Per-datapoint
-    phi (``[N, L]`` rows) is sliced to the batch alongside x.
-    """
-    n = x_NxD.shape[0]
-    outputs = []
-    for b in padded_batches(n, min(batch_size, n), description):
-        out = fn(
-            key, theta, take_rows(phi, b.rows), jnp.asarray(x_NxD[b.rows]), jnp.asarray(b.index)
-        )
-        outputs.append(jax.tree_util.tree_map(lambda v, k=b.valid: np.asarray(v)[:k], out))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
 
 
 def active_units(posterior_mean_NxL: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -389,3 +355,118 @@ def aggregate_kl_record(estimates: dict, num_images: int, num_z: int, images: st
             "I_N(x; z) <= log N: value is KL(q_agg,N || p), which depends on N"
         ),
     }
+
+
+def _floats(values) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def evaluate(
+    key: jax.Array,
+    model: LatentVariableModel,
+    theta: Theta,
+    phi: Phi,
+    x_NxD: np.ndarray,
+    *,
+    num_importance_samples: int = 5000,
+    chunk_size: int = 500,
+    batch_size: int = 500,
+    is_batch_size: int = 100,
+    local_fit_steps: int = 200,
+    local_learning_rate: float = 1e-2,
+    num_aggregate_z: int = 1000,
+    batch_sharding: jax.sharding.Sharding | None = None,
+    progress: Callable[[str], Progress] | None = None,
+) -> tuple[dict, Phi, dict]:
+    """Score a trained (theta, phi) on a dataset: the numbers of a results.json.
+
+    ELBO terms, the importance-sampled log p(x) (S = ``num_importance_samples``
+    from q, every example), active units, the aggregate posterior's moments and,
+    for an encoder, KL(q_agg,N || p) sampled over the N images. Per-datapoint phi
+    has no q for new images: each image's Gaussian q is fitted first (theta
+    fixed, ``local_fit_steps`` Adam steps from the prior), and scored with it.
+
+    Args:
+      key: the evaluation key; each use draws from its named stream (:class:`Stream`).
+      progress: ``description -> wrapper of an iterable`` for progress bars.
+
+    Returns:
+      ``(scores, phi_scored, moments)``: the JSON-ready numbers, the phi that
+      was scored (the fitted q's for per-datapoint phi), and the aggregate
+      posterior's moments as arrays.
+    """
+    bar = progress or (lambda description: None)
+    t0 = time.perf_counter()
+    phi_scored = phi
+    if phi_axis(phi) == 0:
+        fit = jax.jit(make_fit_local(model, int(local_fit_steps), local_learning_rate, 8))
+        start = prior_phi(model, theta, x_NxD.shape[0])
+        phi_scored, _ = fit_local_in_batches(
+            fit,
+            stream_key(key, Stream.FIT_LOCAL),
+            theta,
+            start,
+            x_NxD,
+            batch_size,
+            bar("fit q(z) on test"),
+        )
+    terms = map_dataset(jax.jit(make_elbo_terms(model)), key, theta, phi_scored, x_NxD, batch_size)
+    num_samples = int(num_importance_samples)
+    log_p_x_fn = jax.jit(
+        make_log_p_x(model, num_samples, int(chunk_size), batch_sharding=batch_sharding)
+    )
+    is_start = time.perf_counter()
+    log_p_x = map_dataset(
+        log_p_x_fn, key, theta, phi_scored, x_NxD, int(is_batch_size), bar(f"IS-{num_samples}")
+    )
+    is_seconds = time.perf_counter() - is_start
+    kl_per_dim = np.mean(terms["kl_per_dim"], axis=0)
+    # The aggregate posterior's moments and KL are those of one Gaussian layer of
+    # latents; a chain of stochastic layers reports its active units per layer only.
+    one_layer = not hasattr(model, "latent_sizes")
+    moments = {"mean": None, "variance": None, "kl_moment_matched_to_standard_normal": None}
+    if one_layer:
+        moments = aggregate_posterior_moments(
+            jax.jit(make_posterior_moment_sums(model)), phi_scored, x_NxD, batch_size
+        )
+    aggregate_kl = None
+    if one_layer and phi_axis(phi) is None:
+        estimates = jax.jit(make_aggregate_kl(model, num_aggregate_z))(
+            key, theta, phi, jnp.asarray(x_NxD)
+        )
+        aggregate_kl = aggregate_kl_record(
+            estimates, x_NxD.shape[0], num_aggregate_z, "test images"
+        )
+    scores = {
+        "test_nll": float(-np.mean(log_p_x)),
+        "num_importance_samples": num_samples,
+        "test_examples": int(x_NxD.shape[0]),
+        "test_elbo": float(np.mean(terms["elbo"])),
+        "test_kl": float(np.mean(terms["kl"])),
+        "test_reconstruction": float(np.mean(terms["reconstruction"])),
+        "active_units": active_units(terms["posterior_mean"]),
+        "active_units_per_layer": [
+            active_units(block)
+            for block in np.split(
+                terms["posterior_mean"], np.cumsum(getattr(model, "latent_sizes", [0]))[:-1], 1
+            )
+        ],
+        "kl_per_dim": [float(v) for v in kl_per_dim],
+        # <q(z|x)>_test: per-dim mean and variance (law of total variance), and the
+        # KL from the moment-matched Gaussian to N(0, I) (0 = moments match the prior)
+        "aggregate_posterior_mean": _floats(moments["mean"]),
+        "aggregate_posterior_variance": _floats(moments["variance"]),
+        "aggregate_posterior_kl_to_standard_normal": moments[
+            "kl_moment_matched_to_standard_normal"
+        ],
+        # KL(q_agg,N || p_theta(z)), q_agg,N the mixture over the N test images, and
+        # its decomposition: average KL = I_N(x; z) + KL(q_agg,N || p), I_N <= log N
+        "aggregate_posterior_kl_to_prior_sampled": aggregate_kl,
+        "num_params_theta": num_params(theta),
+        "num_params_phi": num_params(phi),  # the trained phi, not test fits
+        "is_seconds": is_seconds,
+        "eval_seconds": time.perf_counter() - t0,
+        "jax_version": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+    }
+    return scores, phi_scored, moments

@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.distributions import DiagonalGaussian, kl_divergence
-from vae_jax.models import LatentVariableModel, Phi, Theta, make_standard_normal_prior
+from vae_jax.models import ChainModel, LatentVariableModel, make_standard_normal_prior
 from vae_jax.networks import Component
+from vae_jax.schema import Phi, Theta
 
 
 def _linear_gaussian_component(input_dim: int, output_dim: int, shared_scale: bool) -> Component:
@@ -160,4 +161,95 @@ def perturbed_posterior_phi(phi: Phi, key: jax.Array, size: float) -> Phi:
             "log_scale": tree["log_scale"]
             + size * jnp.abs(jax.random.normal(scale_key, (latent_dim,))),
         }
+    }
+
+
+# Two stochastic layers, z2 -> z1 -> x, every map linear:
+#     p(z2) = N(0, I_L),  p(z1 | z2) = N(alpha * z2 + a, diag(s1^2)),
+#     p(x | z1) = N(W z1 + b, s0^2 I)
+# with alpha a vector (a diagonal map) and W = U diag(w), U orthonormal. Then
+# z1 ~ N(a, diag(c)), c = alpha^2 + s1^2, and
+#     p(z1 | x)     = N(Sigma1 (a / c + W^T (x - b) / s0^2), Sigma1),
+#                     1/Sigma1 = 1/c + w^2 / s0^2
+#     p(z2 | z1, x) = p(z2 | z1) = N(Sigma2 alpha (z1 - a) / s1^2, Sigma2),
+#                     1/Sigma2 = 1 + alpha^2 / s1^2
+# are diagonal Gaussians affine in x and z1: the chain q(z1 | x) q(z2 | z1) holds the
+# exact posterior, and log p(x) = log N(x; b + W a, W diag(c) W^T + s0^2 I).
+
+
+def make_linear_gaussian_chain(data_dim: int, latent_dim: int):
+    """A two-layer ChainModel (L_1 = L_2 = ``latent_dim``) whose maps are all affine."""
+
+    def component(input_dim, output_dim):
+        return _linear_gaussian_component(input_dim, output_dim, shared_scale=False)
+
+    return ChainModel(
+        p_z_given_above=(component(latent_dim, latent_dim),),
+        p_x_given_z1=component(latent_dim, data_dim),
+        q_z1_given_x=component(data_dim, latent_dim),
+        q_z_given_below=(component(latent_dim, latent_dim),),
+        data_dim=data_dim,
+        latent_sizes=(latent_dim, latent_dim),
+    )
+
+
+def init_chain_theta(key: jax.Array, data_dim: int, latent_dim: int, noise_scale: float = 0.7):
+    u_key, w_key, alpha_key, a_key, s1_key, b_key = jax.random.split(key, 6)
+    u_DxL, _ = jnp.linalg.qr(jax.random.normal(u_key, (data_dim, latent_dim)))
+    w_L = jax.random.uniform(w_key, (latent_dim,), minval=1.0, maxval=2.0)
+    alpha_L = jax.random.uniform(alpha_key, (latent_dim,), minval=0.5, maxval=1.5)
+    s1_L = jax.random.uniform(s1_key, (latent_dim,), minval=0.3, maxval=0.8)
+    return {
+        "p_z2": {},
+        "p_z1_given_z2": {
+            "loc": {"kernel": jnp.diag(alpha_L), "bias": jax.random.normal(a_key, (latent_dim,))},
+            "log_scale": jnp.log(s1_L),
+        },
+        "p_x_given_z1": {
+            "loc": {
+                "kernel": (u_DxL * w_L[None, :]).T,
+                "bias": jax.random.normal(b_key, (data_dim,)),
+            },
+            "log_scale": jnp.full((data_dim,), jnp.log(noise_scale)),
+        },
+    }
+
+
+def _chain_parts(theta: Theta):
+    z1 = theta["p_z1_given_z2"]
+    x = theta["p_x_given_z1"]
+    alpha_L, a_L, s1_sq = (
+        jnp.diag(z1["loc"]["kernel"]),
+        z1["loc"]["bias"],
+        jnp.exp(2 * z1["log_scale"]),
+    )
+    w_DxL, b_D, s0_sq = x["loc"]["kernel"].T, x["loc"]["bias"], jnp.exp(2 * x["log_scale"][0])
+    return alpha_L, a_L, s1_sq, w_DxL, b_D, s0_sq
+
+
+def chain_log_marginal_likelihood(theta: Theta, x: jax.Array) -> jax.Array:
+    """Exact log p(x) = log N(x; b + W a, W diag(alpha^2 + s1^2) W^T + s0^2 I), one x [D]."""
+    alpha_L, a_L, s1_sq, w_DxL, b_D, s0_sq = _chain_parts(theta)
+    c_L = alpha_L**2 + s1_sq
+    cov_DxD = (w_DxL * c_L[None, :]) @ w_DxL.T + s0_sq * jnp.eye(w_DxL.shape[0])
+    return jax.scipy.stats.multivariate_normal.logpdf(x, b_D + w_DxL @ a_L, cov_DxD)
+
+
+def exact_chain_posterior_phi(theta: Theta) -> Phi:
+    """phi = (q(z1 | x), q(z2 | z1)) equal to the exact p(z1 | x) p(z2 | z1)."""
+    alpha_L, a_L, s1_sq, w_DxL, b_D, s0_sq = _chain_parts(theta)
+    c_L = alpha_L**2 + s1_sq
+    sigma1_L = 1.0 / (1.0 / c_L + jnp.sum(w_DxL**2, axis=0) / s0_sq)
+    a1_LxD = (sigma1_L / s0_sq)[:, None] * w_DxL.T  # mean of z1 = a1 (x - b) + sigma1 a / c
+    sigma2_L = 1.0 / (1.0 + alpha_L**2 / s1_sq)
+    gain_L = sigma2_L * alpha_L / s1_sq  # mean of z2 = gain (z1 - a)
+    return {
+        "q_z1_given_x": {
+            "loc": {"kernel": a1_LxD.T, "bias": sigma1_L * a_L / c_L - a1_LxD @ b_D},
+            "log_scale": 0.5 * jnp.log(sigma1_L),
+        },
+        "q_z2_given_z1": {
+            "loc": {"kernel": jnp.diag(gain_L), "bias": -gain_L * a_L},
+            "log_scale": 0.5 * jnp.log(sigma2_L),
+        },
     }

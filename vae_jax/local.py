@@ -25,41 +25,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from vae_jax.distributions import DiagonalGaussian, StandardNormal
-from vae_jax.evaluate import padded_batches, take_rows
-from vae_jax.models import LatentVariableModel, Phi, Theta
-from vae_jax.objectives import make_elbo
-
-
-def per_datapoint_phi(loc_NxL: jax.Array, log_scale_NxL: jax.Array) -> Phi:
-    if loc_NxL.shape != log_scale_NxL.shape or loc_NxL.ndim != 2:
-        raise ValueError(
-            f"loc and log_scale must both be [N, L], got {loc_NxL.shape}, {log_scale_NxL.shape}"
-        )
-    return {"q_z": {"loc": loc_NxL, "log_scale": log_scale_NxL}}
-
-
-def encoder_outputs(model: LatentVariableModel, phi: Phi, x_NxD: jax.Array) -> Phi:
-    """Per-datapoint phi holding what the amortised encoder predicts for each x_i."""
-    q_z = jax.vmap(lambda x: model.posterior(phi, x))(x_NxD)
-    return per_datapoint_phi(q_z.loc, q_z.log_scale)
-
-
-def prior_phi(model: LatentVariableModel, theta: Theta, num_examples: int) -> Phi:
-    """Per-datapoint phi with every q_i set to the prior (a Gaussian prior)."""
-    p_z = model.prior(theta)
-    if not isinstance(p_z, DiagonalGaussian | StandardNormal):
-        raise ValueError(
-            "per-datapoint q's start at the prior, which must be Gaussian; "
-            f"got {type(p_z).__name__}"
-        )
-    shape = (num_examples, model.latent_dim)
-    return per_datapoint_phi(
-        jnp.broadcast_to(p_z.loc, shape), jnp.broadcast_to(p_z.log_scale, shape)
-    )
+from vae_jax.models import LatentVariableModel
+from vae_jax.objectives import ObjectiveFn, batch_objective, make_elbo
+from vae_jax.schema import Phi, Theta, encoder_outputs, is_amortised, prior_phi, rows, set_rows
+from vae_jax.train import StepFn, TrainState, with_kl_weight
 
 
 def make_fit_local(
@@ -107,7 +78,7 @@ def make_fit_local(
         return q_z, trace
 
     def fit_local(key: jax.Array, theta: Theta, phi: Phi, x_NxD: jax.Array):
-        if "q_z" not in phi:
+        if is_amortised(phi):
             raise ValueError(
                 "fit_local refines per-datapoint phi {'q_z': ...}; "
                 "start from encoder_outputs(...) or prior_phi(...)"
@@ -118,23 +89,6 @@ def make_fit_local(
         return {"q_z": q_z}, trace_NxT.T
 
     return fit_local
-
-
-def fit_local_in_batches(fit_fn, key, theta, start_phi, x, batch_size, desc=None):
-    """Run a jitted ``fit_local`` over a dataset in fixed-size batches (one compile).
-
-    Batch b uses ``fold_in(key, first index of b)``; the last batch is padded.
-    Returns host arrays: per-datapoint phi [N, L] and the ELBO trace [T, N].
-    """
-    fitted_rows, traces = [], []
-    for b in padded_batches(x.shape[0], batch_size, desc):
-        fitted, trace_TxB = fit_fn(
-            jax.random.fold_in(key, b.start), theta, take_rows(start_phi, b.rows), x[b.rows]
-        )
-        fitted_rows.append(jax.tree_util.tree_map(lambda a, v=b.valid: np.asarray(a)[:v], fitted))
-        traces.append(np.asarray(trace_TxB)[:, : b.valid])
-    phi = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *fitted_rows)
-    return phi, np.concatenate(traces, axis=1)
 
 
 def make_semi_amortised_elbo(
@@ -164,7 +118,7 @@ def make_semi_amortised_elbo(
     fit = make_fit_local(model, int(num_steps), learning_rate, num_samples, kl)
 
     def objective(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array):
-        if "q_z_given_x" not in phi:
+        if not is_amortised(phi):
             raise ValueError("semi-amortised inference refines an amortised encoder's q")
         refine_key, theta_key, phi_key = jax.random.split(key, 3)
         stop = jax.lax.stop_gradient
@@ -176,3 +130,64 @@ def make_semi_amortised_elbo(
         return value_theta + value_phi, {**aux, "elbo_encoder": aux_phi["elbo"]}
 
     return objective
+
+
+def init_per_datapoint_state(
+    key: jax.Array,
+    model: LatentVariableModel,
+    optimizer: optax.GradientTransformation,
+    local_optimizer: optax.GradientTransformation,
+    num_examples: int,
+) -> TrainState:
+    """A fresh state with one q per training example, started at the prior.
+
+    ``optimizer`` updates theta (its state is over ``{"theta": theta}``, so its
+    paths read as the amortised optimiser's do), and every row of phi has its
+    own ``local_optimizer`` state (``vmap(init)``), so a row's Adam moments only
+    change when its example is in the batch.
+    """
+    theta, _ = model.init(key)
+    phi = prior_phi(model, theta, num_examples)
+    opt_state = {
+        "theta": optimizer.init({"theta": theta}),
+        "phi": {"q_z": jax.vmap(local_optimizer.init)(phi["q_z"])},
+    }
+    return TrainState(jnp.zeros((), jnp.int32), theta, phi, opt_state)
+
+
+def make_per_datapoint_step(
+    objective_fn: ObjectiveFn,
+    optimizer: optax.GradientTransformation,
+    local_optimizer: optax.GradientTransformation,
+    kl_weight: optax.Schedule | None = None,
+) -> StepFn:
+    """Classical VI with a learned model: the gradient of the batch's objective moves
+    theta by ``optimizer`` and only the batch's rows of phi, each by its own
+    ``local_optimizer`` state (:func:`init_per_datapoint_state`). ``kl_weight``: a
+    KL warm-up, as in ``vae_jax.train.make_amortised_step``."""
+
+    def step_fn(key, state: TrainState, x_BxD: jax.Array, index_B: jax.Array):
+        beta = jnp.ones(()) if kl_weight is None else kl_weight(state.step)
+        objective = objective_fn if kl_weight is None else with_kl_weight(objective_fn, beta)
+        grad_fn = jax.value_and_grad(batch_objective(objective), argnums=(1, 2), has_aux=True)
+        q_z_B = rows(state.phi["q_z"], index_B)
+        (loss, aux), (g_theta, g_phi_B) = grad_fn(key, state.theta, {"q_z": q_z_B}, x_BxD)
+        updates, theta_opt = optimizer.update(
+            {"theta": g_theta}, state.opt_state["theta"], {"theta": state.theta}
+        )
+        theta = optax.apply_updates({"theta": state.theta}, updates)["theta"]
+        local_B = rows(state.opt_state["phi"]["q_z"], index_B)
+        q_z_updates, local_B = jax.vmap(local_optimizer.update)(g_phi_B["q_z"], local_B, q_z_B)
+        q_z_B = optax.apply_updates(q_z_B, q_z_updates)
+        phi = {"q_z": set_rows(state.phi["q_z"], index_B, q_z_B)}
+        opt_state = {
+            "theta": theta_opt,
+            "phi": {"q_z": set_rows(state.opt_state["phi"]["q_z"], index_B, local_B)},
+        }
+        return TrainState(state.step + 1, theta, phi, opt_state), {
+            "loss": loss,
+            "beta": beta,
+            **aux,
+        }
+
+    return step_fn

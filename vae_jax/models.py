@@ -11,16 +11,20 @@ N(0, I) prior simply has no subtree to read: ``theta["p_z"] == {}``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from vae_jax.distributions import DiagonalGaussian, MixtureOfDiagonalGaussians, StandardNormal
+from vae_jax.distributions import (
+    Chain,
+    DiagonalGaussian,
+    MixtureOfDiagonalGaussians,
+    StandardNormal,
+)
 from vae_jax.networks import Component, make_bernoulli_mlp, make_gaussian_mlp
-
-Theta = dict[str, Any]
-Phi = dict[str, Any]
+from vae_jax.schema import Phi, Theta, is_amortised
 
 
 class LatentVariableModel(NamedTuple):
@@ -54,12 +58,12 @@ class LatentVariableModel(NamedTuple):
         phi = {"q_z_given_x": self.q_z_given_x.init(q_z_key)}
         return theta, phi
 
-    def prior(self, theta: Theta, phi: Phi | None = None):
+    def prior(self, theta: Theta, phi: Phi):
         """p_theta(z). Only the VampPrior reads ``phi``: its mixture components are
         the encoder's posteriors at learned pseudo-inputs, q_phi(z | u_k)."""
         return self.p_z.apply(theta["p_z"], phi)
 
-    def likelihood(self, theta: Theta, z: jax.Array, phi: Phi | None = None):
+    def likelihood(self, theta: Theta, z: jax.Array, phi: Phi):
         """p_theta(x | z); ``z`` may carry leading sample axes.
 
         Only a decoder with tied weights reads ``phi``: one of its kernels is the
@@ -67,7 +71,7 @@ class LatentVariableModel(NamedTuple):
         """
         decoder = theta["p_x_given_z"]
         if self.tying is not None:
-            if phi is None or "q_z_given_x" not in phi:
+            if "q_z_given_x" not in phi:
                 raise ValueError(
                     "this decoder shares a weight with the encoder (tie_weights="
                     f"{self.tying.kind!r}): call likelihood(theta, z, phi) with amortised phi"
@@ -90,7 +94,7 @@ class LatentVariableModel(NamedTuple):
                 f"objectives take ONE example of shape ({self.data_dim},), got {x.shape}; "
                 "batch with jax.vmap (see vae_jax.objectives.batch_objective)"
             )
-        if "q_z" in phi:
+        if not is_amortised(phi):
             q_z = phi["q_z"]
             if q_z["loc"].shape != (self.latent_dim,):
                 raise ValueError(
@@ -158,7 +162,7 @@ def make_tying(
 
 def make_standard_normal_prior(latent_dim: int) -> Component:
     """p(z) = N(0, I): no parameters, so ``theta["p_z"] == {}``."""
-    return Component(init=lambda key: {}, apply=lambda tree, phi=None: StandardNormal(latent_dim))
+    return Component(init=lambda key: {}, apply=lambda tree, phi: StandardNormal(latent_dim))
 
 
 def make_learned_gaussian_prior(latent_dim: int) -> Component:
@@ -168,7 +172,7 @@ def make_learned_gaussian_prior(latent_dim: int) -> Component:
         del key  # deterministic start at the standard normal
         return {"loc": jnp.zeros((latent_dim,)), "log_scale": jnp.zeros((latent_dim,))}
 
-    return Component(init, lambda tree, phi=None: DiagonalGaussian(tree["loc"], tree["log_scale"]))
+    return Component(init, lambda tree, phi: DiagonalGaussian(tree["loc"], tree["log_scale"]))
 
 
 def make_mixture_prior(latent_dim: int, num_components: int) -> Component:
@@ -184,7 +188,7 @@ def make_mixture_prior(latent_dim: int, num_components: int) -> Component:
             "log_scale": jnp.zeros((num_components, latent_dim)),
         }
 
-    def apply(tree: dict, phi=None) -> MixtureOfDiagonalGaussians:
+    def apply(tree: dict, phi: Phi) -> MixtureOfDiagonalGaussians:
         return MixtureOfDiagonalGaussians(tree["logits"], tree["loc"], tree["log_scale"])
 
     return Component(init, apply)
@@ -202,8 +206,8 @@ def make_vampprior(encoder: Component, data_dim: int, num_pseudo_inputs: int) ->
     def init(key: jax.Array) -> dict:
         return {"pseudo_inputs": jax.random.uniform(key, (num_pseudo_inputs, data_dim))}
 
-    def apply(tree: dict, phi=None) -> MixtureOfDiagonalGaussians:
-        if phi is None or "q_z_given_x" not in phi:
+    def apply(tree: dict, phi: Phi) -> MixtureOfDiagonalGaussians:
+        if "q_z_given_x" not in phi:
             raise ValueError(
                 "the VampPrior is built from the amortised encoder q_phi(z|u_k): it needs "
                 "phi = {'q_z_given_x': ...}, not per-datapoint phi"
@@ -229,6 +233,7 @@ def make_vae(
     prior_components: int = 10,
     tie_weights: str = "none",
     encoder_trunk: str = "shared",
+    log_scale_shift: bool = False,
 ) -> LatentVariableModel:
     """The appendix-C VAE: Gaussian MLP encoder (C.2) and a Bernoulli (C.1) or
     Gaussian (C.2) MLP decoder.
@@ -246,6 +251,8 @@ def make_vae(
         (see :class:`Tying`).
       encoder_trunk: ``"shared"`` (appendix C: mu and log sigma read one hidden
         layer) or ``"separate"`` (each from its own MLP of the same widths).
+      log_scale_shift: build the encoder with the leaf re-alignment moves
+        (``vae_jax.networks.LOG_SCALE_SHIFT``).
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
@@ -256,7 +263,9 @@ def make_vae(
     if prior in ("mixture_of_gaussians", "vampprior") and int(prior_components) < 1:
         raise ValueError(f"prior_components must be >= 1, got {prior_components}")
     make_decoder = make_bernoulli_mlp if likelihood == "bernoulli" else make_gaussian_mlp
-    encoder = make_gaussian_mlp(data_dim, latent_dim, hidden_sizes, activation, encoder_trunk)
+    encoder = make_gaussian_mlp(
+        data_dim, latent_dim, hidden_sizes, activation, encoder_trunk, log_scale_shift
+    )
     tying = make_tying(tie_weights, tuple(hidden_sizes), tuple(decoder_hidden_sizes), likelihood)
     if tying is not None and encoder_trunk != "shared":
         raise ValueError("tie_weights needs encoder_trunk='shared' (one encoder kernel to tie)")
@@ -273,6 +282,128 @@ def make_vae(
         data_dim=data_dim,
         latent_dim=latent_dim,
         tying=tying,
+    )
+
+
+class ChainModel(NamedTuple):
+    """k stochastic layers, z_k -> ... -> z_1 -> x, with trees that read as the factorisation:
+
+        p_theta(x, z) = p(z_k) prod_i p_theta(z_i | z_{i+1}) p_theta(x | z_1)
+        q_phi(z | x)  = q_phi(z_1 | x) prod_i q_phi(z_{i+1} | z_i)
+
+        theta = {"p_z2": {}, "p_z1_given_z2": {...}, "p_x_given_z1": {...}}     (k = 2)
+        phi   = {"q_z1_given_x": {...}, "q_z2_given_z1": {...}}
+
+    The same interface as :class:`LatentVariableModel` (``prior``, ``likelihood``,
+    ``posterior``, ``init``), over z = concat(z_1, ..., z_k): the prior and the
+    posterior are :class:`vae_jax.distributions.Chain` distributions, so the per-example
+    objectives (ELBO with a sampled KL, IWAE bound, IS log p(x)) are the ones
+    the one-layer model uses. The top prior is a fixed N(0, I).
+    """
+
+    p_z_given_above: tuple  # Components p(z_i | z_{i+1}), i = 1..k-1
+    p_x_given_z1: Component
+    q_z1_given_x: Component
+    q_z_given_below: tuple  # Components q(z_{i+1} | z_i), i = 1..k-1
+    data_dim: int
+    latent_sizes: tuple[int, ...]  # (L_1, ..., L_k)
+    tying: None = None
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(self.latent_sizes)
+
+    def _names(self):
+        k = len(self.latent_sizes)
+        p_names = [f"p_z{i}_given_z{i + 1}" for i in range(1, k)]
+        q_names = [f"q_z{i + 1}_given_z{i}" for i in range(1, k)]
+        return k, p_names, q_names
+
+    def init(self, key: jax.Array) -> tuple[Theta, Phi]:
+        k, p_names, q_names = self._names()
+        keys = iter(jax.random.split(key, 2 * k))
+        theta = {f"p_z{k}": {}}
+        theta.update(
+            {n: c.init(next(keys)) for n, c in zip(p_names, self.p_z_given_above, strict=True)}
+        )
+        theta["p_x_given_z1"] = self.p_x_given_z1.init(next(keys))
+        phi = {"q_z1_given_x": self.q_z1_given_x.init(next(keys))}
+        phi.update(
+            {n: c.init(next(keys)) for n, c in zip(q_names, self.q_z_given_below, strict=True)}
+        )
+        return theta, phi
+
+    def prior(self, theta: Theta, phi: Phi) -> Chain:
+        """p(z_k) p(z_{k-1} | z_k) ... p(z_1 | z_2), sampled from the top."""
+        del phi  # no part of this prior is the encoder's
+        k, p_names, _ = self._names()
+        links = tuple(
+            functools.partial(c.apply, theta[n])
+            for n, c in reversed(list(zip(p_names, self.p_z_given_above, strict=True)))
+        )
+        sizes = self.latent_sizes[::-1]
+        return Chain(StandardNormal(sizes[0]), links, sizes, reverse=True)
+
+    def likelihood(self, theta: Theta, z: jax.Array, phi: Phi):
+        """p(x | z_1): the decoder reads the first block of z."""
+        del phi
+        return self.p_x_given_z1.apply(theta["p_x_given_z1"], z[..., : self.latent_sizes[0]])
+
+    def posterior(self, phi: Phi, x: jax.Array) -> Chain:
+        """q(z_1 | x) q(z_2 | z_1) ..., for one example ``x`` [D]."""
+        if x.shape != (self.data_dim,):
+            raise ValueError(
+                f"objectives take ONE example of shape ({self.data_dim},), got {x.shape}; "
+                "batch with jax.vmap (see vae_jax.objectives.batch_objective)"
+            )
+        if not is_amortised(phi):
+            raise ValueError("a chain of stochastic layers needs an amortised encoder phi")
+        _, _, q_names = self._names()
+        root = self.q_z1_given_x.apply(phi["q_z1_given_x"], x)
+        links = tuple(
+            functools.partial(c.apply, phi[n])
+            for n, c in zip(q_names, self.q_z_given_below, strict=True)
+        )
+        return Chain(root, links, self.latent_sizes)
+
+
+def make_chain_vae(
+    data_dim: int = 784,
+    latent_sizes: tuple[int, ...] = (100, 50),
+    hidden_sizes: tuple[tuple[int, ...], ...] = ((200, 200), (100, 100)),
+    activation: str = "tanh",
+) -> ChainModel:
+    """The IWAE paper's stochastic layers (Burda et al. 2015, section 5; their released
+    code): with the defaults, q is x -> tanh 200-200 -> z1 (100) -> tanh 100-100 -> z2
+    (50), and p mirrors it, z2 -> tanh 100-100 -> z1 -> tanh 200-200 -> x (Bernoulli).
+    Every latent layer is a Gaussian MLP (appendix C.2); ``hidden_sizes[i]`` are the
+    widths between layer i and i + 1 (between x and z_1 for i = 0), both directions.
+    """
+    latent_sizes = tuple(int(n) for n in latent_sizes)
+    hidden_sizes = tuple(tuple(int(h) for h in widths) for widths in hidden_sizes)
+    if len(latent_sizes) < 2 or len(hidden_sizes) != len(latent_sizes):
+        raise ValueError(
+            f"a chain needs >= 2 latent layers and one hidden_sizes tuple per layer; got "
+            f"latent_sizes={latent_sizes}, hidden_sizes={hidden_sizes}"
+        )
+    below = (data_dim, *latent_sizes[:-1])
+    return ChainModel(
+        p_z_given_above=tuple(
+            make_gaussian_mlp(
+                latent_sizes[i + 1], latent_sizes[i], hidden_sizes[i + 1][::-1], activation
+            )
+            for i in range(len(latent_sizes) - 1)
+        ),
+        p_x_given_z1=make_bernoulli_mlp(
+            latent_sizes[0], data_dim, hidden_sizes[0][::-1], activation
+        ),
+        q_z1_given_x=make_gaussian_mlp(data_dim, latent_sizes[0], hidden_sizes[0], activation),
+        q_z_given_below=tuple(
+            make_gaussian_mlp(below[i + 1], latent_sizes[i + 1], hidden_sizes[i + 1], activation)
+            for i in range(len(latent_sizes) - 1)
+        ),
+        data_dim=data_dim,
+        latent_sizes=latent_sizes,
     )
 
 

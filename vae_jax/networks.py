@@ -32,9 +32,10 @@ from vae_jax.distributions import Bernoulli, DiagonalGaussian
 # exp(-2 * 10) are finite in float32, as are their squares' reciprocals.
 LOG_SCALE_BOUND = 10.0
 # Optional leaf of a Gaussian MLP's tree: a per-dimension offset added to log sigma
-# AFTER the soft clamp. Fresh networks do not have it; ``vae_jax.realign`` adds it,
-# because a change of scale z' = z / s moves log sigma by -log s exactly, and no
-# change of the pre-clamp weights can do that through tanh.
+# AFTER the soft clamp, built in (at zero) when the network is made with
+# ``log_scale_shift=True``. ``vae_jax.realign`` moves it, because a change of scale
+# z' = z / s moves log sigma by -log s exactly, and no change of the pre-clamp
+# weights can do that through tanh.
 LOG_SCALE_SHIFT = "log_scale_shift"
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -123,6 +124,7 @@ def make_gaussian_mlp(
     hidden_sizes: Sequence[int] = (500,),
     activation: str = "tanh",
     trunk: str = "shared",
+    log_scale_shift: bool = False,
 ) -> Component:
     """Gaussian MLP, appendix C.2: h = act(W3 x + b3), mu = W4 h + b4,
     log sigma = soft_clamp(W5 h + b5).
@@ -139,12 +141,14 @@ def make_gaussian_mlp(
       trunk: ``"shared"`` (appendix C: both heads read one h) or ``"separate"``
         (mu and log sigma each from their own MLP, trees ``"loc_net"`` and
         ``"log_scale_net"``: twice the hidden weights, nothing shared).
+      log_scale_shift: give the tree a ``LOG_SCALE_SHIFT`` leaf [output_dim],
+        zero at init, added to log sigma after the clamp (re-alignment moves it).
 
     Returns:
       Component whose ``apply(tree, inputs[..., input_dim])`` is a
       :class:`DiagonalGaussian` with ``loc`` and ``log_scale`` of shape
       ``[..., output_dim]``, ``|log_scale| < LOG_SCALE_BOUND`` (plus the
-      tree's ``LOG_SCALE_SHIFT`` leaf, [output_dim], where it has one).
+      ``LOG_SCALE_SHIFT`` leaf if built with one).
     """
     hidden = _check_sizes(input_dim, output_dim, hidden_sizes)
 
@@ -176,14 +180,18 @@ def make_gaussian_mlp(
 
         mlp = Component(init_separate, apply_separate)
 
+    if not log_scale_shift:
+        return mlp
+
+    def init(key: jax.Array) -> dict:
+        return {**mlp.init(key), LOG_SCALE_SHIFT: jnp.zeros((output_dim,))}
+
     def apply(tree: dict, inputs: jax.Array) -> DiagonalGaussian:
-        if LOG_SCALE_SHIFT not in tree:
-            return mlp.apply(tree, inputs)
         layers = {name: leaf for name, leaf in tree.items() if name != LOG_SCALE_SHIFT}
         q = mlp.apply(layers, inputs)
         return DiagonalGaussian(q.loc, q.log_scale + tree[LOG_SCALE_SHIFT])
 
-    return Component(mlp.init, apply)
+    return Component(init, apply)
 
 
 def make_bernoulli_mlp(

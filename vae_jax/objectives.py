@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax.distributions import has_analytic_kl, kl_divergence
-from vae_jax.models import LatentVariableModel, Phi, Theta
+from vae_jax.models import LatentVariableModel
+from vae_jax.schema import Phi, Theta, phi_axis
 
 ObjectiveFn = Callable[[jax.Array, Theta, Phi, jax.Array], tuple[jax.Array, dict]]
 KL_ESTIMATORS = ("auto", "analytic", "sample")
@@ -105,22 +106,71 @@ def _log_weights(key, model, theta, phi, q_z, x, num_samples):
     return log_joint_S - q_z.log_prob(z_SxL)
 
 
-def make_iwae_bound(model: LatentVariableModel, num_samples: int) -> ObjectiveFn:
+GRADIENTS = ("reparam", "stl", "dreg")
+
+
+def make_iwae_bound(
+    model: LatentVariableModel, num_samples: int, gradient: str = "reparam"
+) -> ObjectiveFn:
     """The importance-weighted bound of Burda et al. 2015, eq. 8, for one example.
 
-        L_k(x) = log (1/k) sum_s p(x, z_s) / q(z_s|x),   z_s ~ q(z|x),
+        L_k(x) = log (1/k) sum_s w_s,   w_s = p(x, z_s) / q(z_s|x),   z_s = g(eps_s, phi),
 
     computed with logsumexp. L_1 is the ELBO; E[L_k] increases with k towards
-    log p(x). ``aux["elbo"]`` is the single-sample ELBO estimate averaged over
-    the same k samples, so the two bounds can be compared on the same draws.
+    log p(x). The encoder runs once per example, whatever k (only z is drawn k times).
+
+    ``gradient`` picks the estimator of grad_phi L_k; the value, and theta's
+    gradient, are the same for all three:
+
+      * ``"reparam"``: the gradient of L_k as written. Through log q(z_s | x; phi) it
+        holds a score-function term, whose noise grows relative to the signal as k
+        grows (Rainforth et al. 2018).
+      * ``"stl"`` (Roeder, Wu & Duvenaud 2017, "sticking the landing"): q's
+        parameters are stopped in log q, so phi's gradient flows through z_s only.
+        Unbiased for the ELBO (k = 1); for k > 1 it is biased (Tucker et al. 2018).
+      * ``"dreg"`` (Tucker, Lawson, Gu & Maddison 2018, doubly reparameterised):
+        grad_phi = sum_s w~_s^2 d log w_s / d z_s  d z_s / d phi, with w~ the
+        normalised weights: the score term reparameterised a second time.
+        Unbiased for every k, and its signal-to-noise ratio does not fall with k.
+
+    ``aux["elbo"]`` is the single-sample ELBO estimate averaged over the same k
+    samples, so the two bounds can be compared on the same draws.
     """
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if gradient not in GRADIENTS:
+        raise ValueError(
+            f"unknown gradient estimator {gradient!r}; choose one of {list(GRADIENTS)}"
+        )
+    log_k = math.log(num_samples)
+    stop = jax.lax.stop_gradient
 
     def iwae_bound(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> tuple[jax.Array, dict]:
-        log_w_S = log_importance_weights(key, model, theta, phi, x, num_samples)
-        bound = jax.nn.logsumexp(log_w_S) - math.log(num_samples)
-        return bound, {"iwae_bound": bound, "elbo": jnp.mean(log_w_S)}
+        q_z = model.posterior(phi, x)
+        if gradient == "reparam":
+            log_w_S = _log_weights(key, model, theta, phi, q_z, x, num_samples)
+            bound = jax.nn.logsumexp(log_w_S) - log_k
+            return bound, {"iwae_bound": bound, "elbo": jnp.mean(log_w_S)}
+        z_SxL = q_z.sample(key, (num_samples,))
+        q_stopped = model.posterior(stop(phi), x)  # its parameters fixed, z still a path
+
+        def log_w(theta, phi, z_SxL):  # phi here: where p reads it (VampPrior, tied kernel)
+            log_joint_S = model.prior(theta, phi).log_prob(z_SxL) + model.likelihood(
+                theta, z_SxL, phi
+            ).log_prob(x)
+            return log_joint_S - q_stopped.log_prob(z_SxL)
+
+        if gradient == "stl":
+            log_w_S = log_w(theta, phi, z_SxL)
+            bound = jax.nn.logsumexp(log_w_S) - log_k
+        else:  # dreg: theta's gradient from L_k at fixed z, phi's from the reweighted path
+            log_w_S = log_w(theta, phi, stop(z_SxL))
+            bound = jax.nn.logsumexp(log_w_S) - log_k
+            path_S = log_w(stop(theta), stop(phi), z_SxL)
+            weights_sq_S = stop(jax.nn.softmax(log_w_S)) ** 2
+            surrogate = jnp.sum(weights_sq_S * path_S)
+            bound = bound + surrogate - stop(surrogate)  # the value stays L_k
+        return bound, {"iwae_bound": stop(bound), "elbo": stop(jnp.mean(log_w_S))}
 
     return iwae_bound
 
@@ -168,16 +218,6 @@ def make_log_marginal_likelihood(
         return total - math.log(num_samples)
 
     return log_p_x
-
-
-def phi_axis(phi: Phi) -> int | None:
-    """The vmap axis of phi over examples: the answer to "what are the
-    variational parameters?" in one integer.
-
-    ``None`` for amortised phi (the encoder's weights, shared by all examples);
-    ``0`` for per-datapoint phi (one (loc, log_scale) row per example).
-    """
-    return 0 if "q_z" in phi else None
 
 
 def batch_objective(objective_fn: ObjectiveFn) -> Callable:

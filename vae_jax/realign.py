@@ -13,8 +13,8 @@ to close the gap between them, both driven by the aggregate's moments:
 * :func:`moment_matched_prior` and :func:`em_mixture_prior` leave the
   coordinates alone and move the prior instead ("empirical Bayes": p <- <q>_X).
 
-Both are pure jnp functions of (theta, phi), so training can apply them inside
-its jitted step (``vae_jax.train.make_train_epoch``'s ``adjust_fn``).
+Both are pure jnp functions of (theta, phi), so training applies them inside
+its jitted loop: :func:`with_adjustment` wraps any step function.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vae_jax.data import binarize
 from vae_jax.distributions import DiagonalGaussian
-from vae_jax.models import LatentVariableModel, Phi, Theta
+from vae_jax.models import LatentVariableModel
 from vae_jax.networks import LOG_SCALE_SHIFT
-from vae_jax.objectives import phi_axis
+from vae_jax.schema import Phi, Theta, is_amortised, phi_axis
+from vae_jax.train import StepFn, TrainState
 
 # Smallest variance a refitted prior component may have (nats stay finite).
 MIN_VARIANCE = 1e-6
@@ -84,7 +86,7 @@ def realign(theta: Theta, phi: Phi, moments: dict) -> tuple[Theta, Phi]:
     def along_last(v, a):  # v [L] broadcast against a [..., L], rank explicit
         return v.reshape((1,) * (a.ndim - 1) + (latent_dim,))
 
-    if "q_z" in phi:
+    if not is_amortised(phi):
         loc, log_scale = phi["q_z"]["loc"], phi["q_z"]["log_scale"]
         new_phi = {
             "q_z": {
@@ -99,9 +101,14 @@ def realign(theta: Theta, phi: Phi, moments: dict) -> tuple[Theta, Phi]:
                 "realign folds the map into the encoder's 'loc' head of a shared-trunk MLP; "
                 f"this encoder has layers {sorted(encoder)}"
             )
+        if LOG_SCALE_SHIFT not in encoder:
+            raise ValueError(
+                f"realign moves log sigma by its encoder's {LOG_SCALE_SHIFT!r} leaf, which this "
+                "encoder was built without: make_vae(..., log_scale_shift=True)"
+            )
         loc = encoder["loc"]
         encoder["loc"] = {"kernel": loc["kernel"] / s[None, :], "bias": (loc["bias"] - m) / s}
-        encoder[LOG_SCALE_SHIFT] = encoder.get(LOG_SCALE_SHIFT, jnp.zeros_like(m)) - log_s
+        encoder[LOG_SCALE_SHIFT] = encoder[LOG_SCALE_SHIFT] - log_s
         new_phi = {**phi, "q_z_given_x": encoder}
 
     decoder = dict(theta["p_x_given_z"])
@@ -118,18 +125,6 @@ def realign(theta: Theta, phi: Phi, moments: dict) -> tuple[Theta, Phi]:
             )
         decoder[name] = {"kernel": s[:, None] * kernel_LxH, "bias": bias_H + m @ kernel_LxH}
     return {**theta, "p_x_given_z": decoder}, new_phi
-
-
-def with_log_scale_shift(phi: Phi) -> Phi:
-    """phi with a zero ``LOG_SCALE_SHIFT`` leaf, so :func:`realign` keeps its structure
-    (a jitted training loop needs the tree's shape fixed from the first step)."""
-    if "q_z_given_x" not in phi:
-        return phi
-    encoder = phi["q_z_given_x"]
-    if LOG_SCALE_SHIFT in encoder:
-        return phi
-    latent_dim = encoder["loc"]["bias"].shape[-1]
-    return {**phi, "q_z_given_x": {**encoder, LOG_SCALE_SHIFT: jnp.zeros((latent_dim,))}}
 
 
 def moment_matched_prior(moments: dict) -> dict:
@@ -191,7 +186,7 @@ def make_adjustment(model: LatentVariableModel, kind: str, em_steps: int = 10):
         raise ValueError(f"unknown adjustment {kind!r}; choose one of {list(ADJUSTMENTS)}")
 
     def adjust(key, theta, phi, x_MxD):
-        if "q_z_given_x" not in phi:
+        if not is_amortised(phi):
             raise ValueError("in-training adjustments need an amortised encoder phi")
         moments = posterior_moments(model, phi, x_MxD)
         if kind == "realign":
@@ -210,3 +205,39 @@ def make_adjustment(model: LatentVariableModel, kind: str, em_steps: int = 10):
         )
 
     return adjust
+
+
+# fold_in data of the adjustment's key under the step's key: a stream of its own.
+ADJUST_STREAM = 7
+
+
+def with_adjustment(
+    step_fn: StepFn,
+    adjust_fn,
+    every: int,
+    x_MxD: jax.Array,
+    dynamic_binarization: bool = True,
+) -> StepFn:
+    """``step_fn``, then ``adjust_fn`` (:func:`make_adjustment`) after every
+    ``every``-th step, on the examples ``x_MxD`` (binarised afresh if dynamic).
+
+    The adjustment moves parameters outside the optimiser, whose moment
+    estimates are left as they are; the tree keeps its structure (the encoder's
+    shift leaf is built in, ``make_vae(..., log_scale_shift=True)``).
+    """
+    if every < 1:
+        raise ValueError(f"an adjustment needs every >= 1 steps, got {every}")
+    x_MxD = jnp.asarray(x_MxD)
+
+    def adjusted(key, state: TrainState, x_BxD: jax.Array, index_B: jax.Array):
+        state, metrics = step_fn(key, state, x_BxD, index_B)
+        adjust_key = jax.random.fold_in(key, ADJUST_STREAM)
+        x = binarize(jax.random.fold_in(adjust_key, 1), x_MxD) if dynamic_binarization else x_MxD
+        theta, phi = jax.lax.cond(
+            state.step % every == 0,
+            lambda: adjust_fn(adjust_key, state.theta, state.phi, x),
+            lambda: (state.theta, state.phi),
+        )
+        return state._replace(theta=theta, phi=phi), metrics
+
+    return adjusted

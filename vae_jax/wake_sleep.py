@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import jax
 
-from vae_jax.models import LatentVariableModel, Phi, Theta
+from vae_jax.models import LatentVariableModel
 from vae_jax.objectives import ObjectiveFn
+from vae_jax.schema import Phi, Theta
 
 
 def make_wake_sleep(model: LatentVariableModel) -> ObjectiveFn:

@@ -40,12 +40,19 @@ def base_config() -> ml_collections.ConfigDict:
     # (stored once, in phi); "z_layers": decoder first kernel = encoder mean kernel^T.
     config.model.tie_weights = "none"
     config.model.encoder_trunk = "shared"  # | "separate": mu and log sigma from own MLPs
+    # A second stochastic layer z2 -> z1 -> x (0 = one layer): its size, and the widths
+    # between z1 and z2 in both directions (the IWAE paper: 50 and (100, 100)).
+    config.model.top_latent_dim = 0
+    config.model.top_hidden_sizes = (100, 100)
 
     config.objective = ml_collections.ConfigDict()
     config.objective.name = "elbo"  # "elbo" | "iwae" | "wake_sleep" (Hinton et al. 1995)
     config.objective.num_samples = 1
     config.objective.kl = "auto"  # "auto" (analytic if it exists) | "analytic" | "sample"
     config.objective.warmup_epochs = 0  # linear KL warm-up, ELBO only
+    # The estimator of phi's gradient of the IWAE bound: "reparam" | "stl" (Roeder et al.
+    # 2017) | "dreg" (Tucker et al. 2018); see vae_jax.objectives.make_iwae_bound.
+    config.objective.gradient = "reparam"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # "adam" | "adagrad"
@@ -67,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.refit_prior_every = 0
     config.train.refit_em_steps = 10
     config.train.moment_examples = 1000
+    # The generator of every training draw: "threefry2x32" (JAX's default) | "rbg" |
+    # "unsafe_rbg" (cheaper per draw; see experiments.factory.train_key).
+    config.train.rng_impl = "threefry2x32"
 
     config.eval = ml_collections.ConfigDict()
     config.eval.seed = 2024  # the fixed key of every evaluation
