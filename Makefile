@@ -36,8 +36,9 @@ run: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m experiments.main --config $(CONFIG):smoke --workdir runs/smoke
 
+# Two pytest-xdist workers: the reference machine's 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vae_jax experiments tests

@@ -62,6 +62,7 @@ def test_gradients_match_finite_differences_in_float64(likelihood):
         elbo = make_elbo(model, num_samples=2)
         key = jax.random.key(5)  # fixed noise: the reparameterised ELBO is a smooth function
 
+        @jax.jit  # check_grads calls it many times; eager dispatch would dominate
         def value(theta, phi):
             return elbo(key, theta, phi, x[0])[0]
 

@@ -246,13 +246,8 @@ def test_kill_dash_nine_mid_run_then_resume(tmp_path):
         "--config.eval.plots=False",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        args + [f"--workdir={tmp_path / 'straight'}"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    straight = _smoke_config(train__epochs=8, data__max_train_examples=2000, eval__plots=False)
+    train_and_evaluate(straight, tmp_path / "straight")  # in-process: the same run
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         args + [f"--workdir={killed}"],
