@@ -16,7 +16,9 @@ Reports medians over ``--rounds`` of:
   * compile seconds of the train epoch and of the IS evaluator;
   * the full schedule's epoch (iwae_1layer.py: 784-200-200-50, batch 20, 50k images)
     with each training generator (train.rng_impl: threefry2x32, rbg, unsafe_rbg),
-    interleaved, as speed-ups over threefry2x32;
+    and with XLA's CPU threading off (a child process started with
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"),
+    interleaved, as speed-ups over the default;
   * seconds per epoch of each IWAE-table cell (1 and 2 stochastic layers, k = 1, 5,
     50, reparam and DReG), timed on 10k training images and scaled to 50k, with the
     full 3,280-pass schedule's projected hours;
@@ -36,6 +38,7 @@ import json
 import os
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -349,7 +352,12 @@ def bench_cases(x_train: np.ndarray, rounds: int, sizes: Sizes) -> dict:
         ab_cases = {name: AB_CASES[name] for name in (AB_BASE, "1layer_k1_rbg")}
         cell_cases = {name: CELL_CASES[name] for name in SMOKE_CELLS}
     report = {}
-    ab = interleaved(epochs(ab_cases, "iwae", x_train), rounds, "rng A/B")
+    ab_epochs = epochs(ab_cases, "iwae", x_train)
+    ab_epochs[SINGLE_THREAD_CASE] = ChildEpoch(AB_BASE, SINGLE_THREAD_XLA_FLAGS, smoke)
+    try:
+        ab = interleaved(ab_epochs, rounds, "A/B")
+    finally:
+        ab_epochs[SINGLE_THREAD_CASE].close()
     for name, seconds in ab.items():
         report[f"epoch_seconds_{name}"] = seconds
         if name != AB_BASE:
@@ -365,6 +373,66 @@ def bench_cases(x_train: np.ndarray, rounds: int, sizes: Sizes) -> dict:
     report.update({f"epoch_seconds_{name}": seconds for name, seconds in priors.items()})
     report["ratio_vampprior_over_standard"] = priors["vampprior_k500"] / priors["standard_prior"]
     return report
+
+
+# XLA reads its flags once, when a process starts JAX: the single-threaded case runs
+# in a child process (`--serve-case`), interleaved with this process's epochs.
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+SINGLE_THREAD_CASE = "1layer_k1_single_thread"
+
+
+class ChildEpoch:
+    """An A/B case's epoch in a child process started with other XLA flags."""
+
+    def __init__(self, case: str, xla_flags: str, smoke: bool):
+        argv = [sys.executable, "-m", "experiments.bench", "--serve-case", case]
+        self.proc = subprocess.Popen(
+            [*argv, *(["--smoke"] if smoke else [])],
+            cwd=ROOT,
+            env={**os.environ, "XLA_FLAGS": xla_flags},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.compile_seconds = self._reply()["compile_seconds"]
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise SystemExit(
+                f"error: the benchmark's child process exited ({self.proc.returncode})"
+            )
+        return json.loads(line)
+
+    def run(self) -> float:
+        self.proc.stdin.write("epoch\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def serve_case(case: str, smoke: bool) -> None:
+    """The child of :class:`ChildEpoch`: one compiled epoch of ``AB_CASES[case]``, timed
+    on request (a line ``epoch`` on stdin), each answer one JSON line on stdout."""
+    sizes = SMOKE if smoke else FULL
+    x_train = _train_images(sizes, smoke)
+    epoch = ConfigEpoch(case_config(AB_CASES[case], "iwae"), x_train, sizes.compiler_options)
+    print(json.dumps({"compile_seconds": epoch.compile_seconds}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "epoch":
+            print(json.dumps({"seconds": epoch.run()}), flush=True)
+
+
+def _train_images(sizes: Sizes, smoke: bool) -> np.ndarray:
+    if smoke:  # random grey images: the code paths, not MNIST's loading, are the point
+        return np.random.default_rng(0).random((sizes.train_images, 784), dtype=np.float32)
+    return load_mnist().train
 
 
 def interleaved(epochs: dict, rounds: int, label: str) -> dict:
@@ -391,10 +459,11 @@ def _define(values: flags.FlagValues) -> None:
         "out", None, "JSON report (default runs/bench/bench.json or smoke.json)", flag_values=values
     )
     flags.DEFINE_string("torch-venv", str(TORCH_VENV), "the reference venv", flag_values=values)
+    flags.DEFINE_string("serve-case", None, "internal: a child's A/B case", flag_values=values)
 
 
 def parse_args(argv: list[str] | None) -> SimpleNamespace:
-    args = cli.parse(argv, _define, __doc__, hidden=["torch-venv"])
+    args = cli.parse(argv, _define, __doc__, hidden=["torch-venv", "serve-case"])
     if args.rounds < 1:
         raise cli.UserError(f"--rounds must be >= 1, got {args.rounds}")
     if not 1 <= args.is_examples <= 10_000:
@@ -411,18 +480,18 @@ def parse_args(argv: list[str] | None) -> SimpleNamespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.serve_case:
+        return serve_case(args.serve_case, args.smoke)
     sizes = SMOKE if args.smoke else FULL
     python = None if args.no_torch else torch_python(args.torch_venv)  # fail before any work
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    if args.smoke:  # random grey images: the code paths, not MNIST's loading, are the point
-        rng = np.random.default_rng(0)
-        x_train = rng.random((sizes.train_images, 784), dtype=np.float32)
-        x_test = rng.random((SMOKE_TEST_IMAGES, 784), dtype=np.float32)
+    x_train = _train_images(sizes, args.smoke)
+    if args.smoke:
+        x_test = np.random.default_rng(1).random((SMOKE_TEST_IMAGES, 784), dtype=np.float32)
     else:
-        splits = load_mnist()
-        x_train, x_test = splits.train, splits.test[: args.is_examples]
+        x_test = load_mnist().test[: args.is_examples]
     n_train = x_train.shape[0]
     report = {
         "smoke": args.smoke,
