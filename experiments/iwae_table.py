@@ -99,7 +99,9 @@ def add(
 
 
 def records(table: Path = TABLE) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(table.glob("*.json"))]
+    """Every cell's record: a JSON beside its .msgpack (bench.json is no cell)."""
+    cells = sorted(p for p in table.glob("*.json") if p.with_suffix(".msgpack").exists())
+    return [json.loads(p.read_text()) for p in cells]
 
 
 def render(table: Path = TABLE) -> Path:
