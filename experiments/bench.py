@@ -386,10 +386,12 @@ class ChildEpoch:
 
     def __init__(self, case: str, xla_flags: str, smoke: bool):
         argv = [sys.executable, "-m", "experiments.bench", "--serve-case", case]
+        # The parent's flags and the arm's: only the arm's flags differ between arms.
+        flags = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
         self.proc = subprocess.Popen(
             [*argv, *(["--smoke"] if smoke else [])],
             cwd=ROOT,
-            env={**os.environ, "XLA_FLAGS": xla_flags},
+            env={**os.environ, "XLA_FLAGS": flags},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

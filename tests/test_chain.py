@@ -138,6 +138,9 @@ def test_two_layers_train_and_score_end_to_end_from_the_config(tmp_path):
     config = iwae_2layer.get_config("smoke")
     config.objective.name, config.objective.num_samples = "iwae", 3
     config.objective.gradient = "dreg"
+    # The paper's widths are checked above; the run's plumbing needs no 200-unit layers.
+    config.model.hidden_sizes, config.model.latent_dim = (32, 32), 8
+    config.model.top_hidden_sizes, config.model.top_latent_dim = (16, 16), 4
     results = train_and_evaluate(config, tmp_path)
     assert np.isfinite(results["test_nll"]) and np.isfinite(results["test_elbo"])
     assert len(results["active_units_per_layer"]) == 2

@@ -22,7 +22,7 @@ def test_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    monkeypatch.setenv("VAE_JAX_NOTEBOOK_SECONDS", "2")  # a small budget per model
+    monkeypatch.setenv("VAE_JAX_NOTEBOOK_SECONDS", "0")  # one epoch per model
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_four_devices_match_one_device():
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4",
         "PYTHONPATH": str(ROOT),
     }
     out = subprocess.run(

