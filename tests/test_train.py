@@ -1,5 +1,6 @@
 """Training: one trace per run, resumption equal to an uninterrupted run, refusals."""
 
+import importlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import optax
 import pytest
 
 from experiments import factory
+from experiments.cli import UserError
 from experiments.configs import default
 from experiments.train import train_and_evaluate
 from vae_jax import checkpoint, data
@@ -323,3 +325,27 @@ def test_unknown_config_key_on_the_command_line():
     assert result.returncode != 0
     assert "unknown config key 'model.widht'" in result.stderr
     assert "hidden_sizes" in result.stderr  # lists what would have been valid
+
+
+@pytest.mark.parametrize("config_name", ["default", "iwae_2layer"])
+def test_output_bias_can_start_at_the_logit_of_the_training_mean(config_name):
+    from experiments import configs
+
+    module = importlib.import_module(f"{configs.__name__}.{config_name}")
+    config = module.get_config("smoke")
+    x = np.random.default_rng(0).random((60, 784)).astype(np.float32)
+    x[:, 0], x[:, 1] = 0.0, 1.0  # means outside [0.001, 0.999] are clipped
+    zero = factory.build(config, x).state.theta
+    config.model.output_bias = "train_mean_logit"
+    theta = factory.build(config, x).state.theta
+    (name,) = [k for k in theta if k.startswith("p_x_given_")]
+    mean = np.clip(x.astype(np.float64).mean(axis=0), 0.001, 0.999)
+    bias = np.asarray(theta[name]["logits"]["bias"])
+    np.testing.assert_allclose(bias, np.log(mean / (1 - mean)), rtol=1e-6, atol=1e-6)
+    assert abs(bias[0] - np.log(0.001 / 0.999)) < 1e-5 and abs(bias[1] + bias[0]) < 1e-5
+    assert np.all(np.asarray(zero[name]["logits"]["bias"]) == 0.0)  # the default start
+    same = jax.tree.map(np.array_equal, {**zero, name: {}}, {**theta, name: {}})
+    assert all(jax.tree.leaves(same))  # nothing else moved
+    config.model.likelihood = "gaussian"
+    with pytest.raises(UserError, match="output_bias='train_mean_logit'.*gaussian"):
+        factory.check_config(config)

@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.hidden_sizes = (500,)
     config.model.activation = "tanh"
     config.model.likelihood = "bernoulli"
+    # The decoder's output bias at the start: "zero" (flax's default), or
+    # "train_mean_logit", the logit of the mean training image (clipped to
+    # [0.001, 0.999]), as the IWAE authors' released code starts (Bernoulli only).
+    config.model.output_bias = "zero"
     config.model.prior = "standard_normal"  # | learned_gaussian | mixture_of_gaussians | vampprior
     config.model.prior_components = 10  # K: mixture components or VampPrior pseudo-inputs
     config.model.freeze_prior = False  # exclude theta["p_z"] from the optimiser
