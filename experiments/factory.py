@@ -28,7 +28,7 @@ from vae_jax.models import LIKELIHOODS, PRIORS, TIES, LatentVariableModel, make_
 from vae_jax.networks import ACTIVATIONS, LOG_SCALE_SHIFT, TRUNKS
 from vae_jax.objectives import GRADIENTS, KL_ESTIMATORS, make_elbo, make_iwae_bound
 from vae_jax.realign import make_adjustment, with_adjustment
-from vae_jax.schema import path_names
+from vae_jax.schema import decoder_name, path_names
 from vae_jax.train import (
     StepFn,
     TrainState,
@@ -468,7 +468,7 @@ def output_bias_at_train_mean(theta: dict, x_train: np.ndarray) -> dict:
     pixel's mean clipped to [0.001, 0.999]: at the start, p(x | z) is the data's
     per-pixel marginal for every z, not 0.5 everywhere (the IWAE authors' released
     code, datasets.py get_train_bias_np)."""
-    (name,) = [k for k in theta if k.startswith("p_x_given_")]
+    name = decoder_name(theta)
     head = theta[name]["logits"]
     mean = np.clip(np.mean(np.asarray(x_train, np.float64), axis=0), 0.001, 0.999)
     bias = np.log(mean) - np.log1p(-mean)

@@ -24,6 +24,7 @@ from vae_jax import checkpoint, data
 from vae_jax import train as train_module
 from vae_jax.models import make_vae
 from vae_jax.objectives import make_elbo
+from vae_jax.schema import decoder_name
 from vae_jax.train import (
     init_train_state,
     iwae_learning_rate_schedule,
@@ -338,7 +339,7 @@ def test_output_bias_can_start_at_the_logit_of_the_training_mean(config_name):
     zero = factory.build(config, x).state.theta
     config.model.output_bias = "train_mean_logit"
     theta = factory.build(config, x).state.theta
-    (name,) = [k for k in theta if k.startswith("p_x_given_")]
+    name = decoder_name(theta)
     mean = np.clip(x.astype(np.float64).mean(axis=0), 0.001, 0.999)
     bias = np.asarray(theta[name]["logits"]["bias"])
     np.testing.assert_allclose(bias, np.log(mean / (1 - mean)), rtol=1e-6, atol=1e-6)

@@ -67,6 +67,13 @@ def params(theta: Theta, phi: Phi) -> dict:
     return {"theta": theta, "phi": phi}
 
 
+def decoder_name(theta: Theta) -> str:
+    """The key of p_theta(x | ...) in theta: "p_x_given_z", or "p_x_given_z1" for
+    a chain of latent layers."""
+    (name,) = [key for key in theta if key.startswith("p_x_given_")]
+    return name
+
+
 def path_names(path: tuple) -> tuple[str, ...]:
     """A tree path as names, e.g. ("theta", "p_z", "loc")."""
     return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
