@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vae_jax.data import binarize_once, check_data, load_mnist, load_tfds
+from vae_jax.data import binarize_once, check_data, load_mnist, load_mnist_labels, load_tfds
 
 
 def test_bundled_mnist_is_the_classic_split():
@@ -74,3 +74,10 @@ def test_fixed_binarisation_is_reproducible_and_unbiased():
     np.testing.assert_array_equal(bits, binarize_once(5, x))
     assert set(np.unique(bits)) == {0.0, 1.0}
     assert abs(bits.mean() - 0.3) < 0.01  # 5 standard errors at n = 1e4
+
+
+def test_mnist_is_read_once_and_no_caller_can_change_it():
+    first, again = load_mnist(), load_mnist()
+    assert again.train is first.train and load_mnist_labels().test.shape == (10_000,)
+    with pytest.raises(ValueError, match="read-only"):
+        first.train[0, 0] = 0.5
