@@ -33,7 +33,12 @@ from vae_jax.distributions import (
 from vae_jax.host import Progress, fit_local_in_batches, map_dataset, padded_batches, take_rows
 from vae_jax.local import make_fit_local
 from vae_jax.models import LatentVariableModel, num_params
-from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
+from vae_jax.objectives import (
+    check_sample_counts,
+    chunked_logsumexp,
+    make_elbo,
+    make_log_marginal_likelihood,
+)
 from vae_jax.parallel import constrain_batch
 from vae_jax.schema import Phi, Theta, phi_axis, prior_phi
 
@@ -128,29 +133,6 @@ def make_log_p_x(
     return batch
 
 
-def _chunked_logsumexp(log_w_fn: Callable, key: jax.Array, num_samples: int, chunk_size: int):
-    """log sum_s exp(log w_s) over ``num_samples`` weights drawn in chunks.
-
-    ``log_w_fn(chunk_key, chunk_size) -> [chunk_size]``; chunk c uses
-    ``fold_in(key, c)``, the last partial chunk is masked, and memory is set by
-    ``chunk_size``. Returns -inf for ``num_samples = 0``.
-    """
-    if num_samples == 0:
-        return jnp.array(-jnp.inf, dtype=jnp.result_type(float))
-    chunk_size = min(chunk_size, num_samples)
-
-    def add_chunk(running, chunk_index):
-        log_w_C = log_w_fn(jax.random.fold_in(key, chunk_index), chunk_size)
-        valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
-        chunk = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
-        return jnp.logaddexp(running, chunk), None
-
-    init = jnp.array(-jnp.inf, dtype=jnp.result_type(float))
-    chunks = jnp.arange(-(-num_samples // chunk_size), dtype=jnp.uint32)
-    total, _ = jax.lax.scan(add_chunk, init, chunks)
-    return total
-
-
 def make_mixture_log_p_x(
     model: LatentVariableModel, num_samples: int = 5000, chunk_size: int = 500
 ) -> Callable:
@@ -177,11 +159,7 @@ def make_mixture_log_p_x(
     ``fold_in(stream_key(key, Stream.LOG_P_X_MIXTURE), i)``: its q_phi draws
     fold in 0 and its q* draws 1, then the chunk index.
     """
-    num_samples, chunk_size = int(num_samples), int(chunk_size)
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-        )
+    num_samples, chunk_size = check_sample_counts(num_samples, chunk_size)
     counts = (num_samples - num_samples // 2, num_samples // 2)  # (S_phi, S_star)
     log_a, log_1_minus_a = (math.log(n / num_samples) if n else -math.inf for n in counts)
 
@@ -198,7 +176,7 @@ def make_mixture_log_p_x(
             return log_joint_C - log_r_C
 
         totals = [
-            _chunked_logsumexp(
+            chunked_logsumexp(
                 lambda chunk_key, size, q=q: log_weights(q, chunk_key, size),
                 jax.random.fold_in(example_key, which),
                 n,

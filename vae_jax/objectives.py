@@ -175,6 +175,41 @@ def make_iwae_bound(
     return iwae_bound
 
 
+def check_sample_counts(num_samples, chunk_size) -> tuple[int, int]:
+    """``(num_samples, chunk_size)`` as ints, both >= 1, or a ValueError naming them."""
+    num_samples, chunk_size = int(num_samples), int(chunk_size)
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
+        )
+    return num_samples, chunk_size
+
+
+def chunked_logsumexp(log_w_fn: Callable, key: jax.Array, num_samples: int, chunk_size: int):
+    """log sum_s exp(log w_s) over ``num_samples`` weights drawn in chunks.
+
+    ``log_w_fn(chunk_key, chunk_size) -> [chunk_size]``; chunk c uses
+    ``fold_in(key, c)``, a last partial chunk is masked, and peak memory is set
+    by ``chunk_size``, not by ``num_samples``. Returns -inf for ``num_samples = 0``.
+    """
+    if num_samples == 0:
+        return jnp.array(-jnp.inf, dtype=jnp.result_type(float))
+    chunk_size = min(chunk_size, num_samples)
+
+    def add_chunk(carry, _):
+        # The chunk index rides in the carry, not in scan's xs, so nothing of
+        # size num_chunks is ever allocated.
+        running, chunk_index = carry
+        log_w_C = log_w_fn(jax.random.fold_in(key, chunk_index), chunk_size)
+        valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
+        chunk = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
+        return (jnp.logaddexp(running, chunk), chunk_index + 1), None
+
+    init = (jnp.array(-jnp.inf, dtype=jnp.result_type(float)), jnp.zeros((), jnp.uint32))
+    (total, _), _ = jax.lax.scan(add_chunk, init, length=-(-num_samples // chunk_size))
+    return total
+
+
 def make_log_marginal_likelihood(
     model: LatentVariableModel, num_samples: int = 5000, chunk_size: int = 500
 ) -> Callable[[jax.Array, Theta, Phi, jax.Array], jax.Array]:
@@ -191,31 +226,15 @@ def make_log_marginal_likelihood(
     Returns:
       ``log_p_x_fn(key, theta, phi, x_D) -> scalar`` (nats, a log density).
     """
-    num_samples, chunk_size = int(num_samples), int(chunk_size)
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_samples and chunk_size must be >= 1, got {num_samples}, {chunk_size}"
-        )
-    chunk_size = min(chunk_size, num_samples)
-    num_chunks = -(-num_samples // chunk_size)
+    num_samples, chunk_size = check_sample_counts(num_samples, chunk_size)
 
     def log_p_x(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> jax.Array:
         q_z = model.posterior(phi, x)  # the encoder runs once, not once per chunk
 
-        def add_chunk(carry, _):
-            # The chunk index rides in the carry, not in scan's xs, so nothing
-            # of size num_chunks is ever allocated.
-            running_logsumexp, chunk_index = carry
-            log_w_C = _log_weights(
-                jax.random.fold_in(key, chunk_index), model, theta, phi, q_z, x, chunk_size
-            )
-            valid_C = chunk_index * chunk_size + jnp.arange(chunk_size) < num_samples
-            chunk_logsumexp = jax.nn.logsumexp(jnp.where(valid_C, log_w_C, -jnp.inf))
-            return (jnp.logaddexp(running_logsumexp, chunk_logsumexp), chunk_index + 1), None
+        def log_w_fn(chunk_key, size):
+            return _log_weights(chunk_key, model, theta, phi, q_z, x, size)
 
-        init = (jnp.array(-jnp.inf, dtype=jnp.result_type(float)), jnp.zeros((), jnp.uint32))
-        (total, _), _ = jax.lax.scan(add_chunk, init, length=num_chunks)
-        return total - math.log(num_samples)
+        return chunked_logsumexp(log_w_fn, key, num_samples, chunk_size) - math.log(num_samples)
 
     return log_p_x
 
