@@ -34,6 +34,7 @@ runs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -126,67 +127,99 @@ def matmul_peak_gflops(rounds: int, n: int, compiler_options: dict | None = None
     return 2 * n**3 / np.median(times) / 1e9
 
 
-def training_macs_per_example(sizes_encoder, sizes_decoder) -> int:
-    """Multiply-accumulates of one forward pass (encoder heads counted twice)."""
-    macs = 0
-    for sizes in (sizes_encoder, sizes_decoder):
-        macs += sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
-    return macs
+class Epoch:
+    """One compiled training epoch of ``step_fn`` from ``state``; ``run()`` times one."""
 
-
-class JaxEpoch:
-    """A compiled vae_jax epoch; ``run()`` times one epoch."""
-
-    def __init__(
-        self, x_train, hidden, latent, activation, batch_size, dynamic, compiler_options=None
-    ):
-        model = make_vae(784, latent, hidden, activation=activation)
-        optimizer = optax.adam(1e-3)
-        # One compiled init, not dozens of eagerly compiled initialiser ops: not timed,
-        # but it would be most of a --smoke run.
-        key = jax.random.key(0)
-        init_fn = compile_jit(
-            lambda key: init_train_state(key, model, optimizer), (key,), compiler_options
-        )
-        self.state = init_fn(key)
+    def __init__(self, step_fn, state, key, x_train, batch_size, dynamic, compiler_options):
         epoch_fn = make_train_epoch(
-            make_amortised_step(make_elbo(model), optimizer),
-            batch_size,
-            x_train.shape[0],
-            dynamic_binarization=dynamic,
+            step_fn, batch_size, x_train.shape[0], dynamic_binarization=dynamic
         )
-        self.x = jnp.asarray(x_train)
-        self.key = jax.random.key(1)
-        self.epoch = 0
+        self.state, self.key, self.x, self.epoch = state, key, jnp.asarray(x_train), 0
         start = time.perf_counter()
         args = (self.state, self.key, jnp.asarray(0, jnp.int32), self.x)
         self.fn = compile_jit(epoch_fn, args, compiler_options, donate_argnums=0)
         self.compile_seconds = time.perf_counter() - start
 
-    def run(self) -> tuple[float, float]:
+    def run(self) -> float:
         start = time.perf_counter()
         self.state, metrics = self.fn(
             self.state, self.key, jnp.asarray(self.epoch, jnp.int32), self.x
         )
-        loss = float(metrics["loss"])  # blocks until the epoch is done
+        float(metrics["loss"])  # blocks until the epoch is done
         self.epoch += 1
-        return time.perf_counter() - start, loss
+        return time.perf_counter() - start
 
 
-class TorchEpoch:
-    """The PyTorch reference in its own process, one epoch per request."""
+def mlp_epoch(x_train, hidden, latent, activation, batch_size, dynamic, compiler_options=None):
+    """The ELBO epoch of a 784-hidden-latent MLP VAE with Adam(1e-3), as a timed :class:`Epoch`."""
+    model = make_vae(784, latent, hidden, activation=activation)
+    optimizer = optax.adam(1e-3)
+    # One compiled init, not dozens of eagerly compiled initialiser ops: not timed,
+    # but it would be most of a --smoke run.
+    key = jax.random.key(0)
+    init_fn = compile_jit(
+        lambda key: init_train_state(key, model, optimizer), (key,), compiler_options
+    )
+    step_fn = make_amortised_step(make_elbo(model), optimizer)
+    return Epoch(
+        step_fn, init_fn(key), jax.random.key(1), x_train, batch_size, dynamic, compiler_options
+    )
+
+
+def config_epoch(config, x_train, compiler_options=None) -> Epoch:
+    """One epoch of a config's training (experiments.factory.build, as a real run)."""
+    run = factory.build(config, x_train)
+    batch_size, key = int(config.train.batch_size), factory.train_key(config)
+    return Epoch(run.step_fn, run.state, key, x_train, batch_size, True, compiler_options)
+
+
+class Served:
+    """An epoch timed in another process: a line ``epoch`` on its stdin, one JSON line
+    back on its stdout (its first line, ``info``, is sent when it is ready)."""
+
+    name = "the benchmark's child process"
+
+    def __init__(self, argv: list[str], **popen_kwargs):
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **popen_kwargs
+        )
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:  # its traceback went to our stderr
+            self.close()
+            raise SystemExit(
+                f"error: {self.name} exited (status {self.proc.returncode}); "
+                "its error is printed above"
+            )
+        return json.loads(line)
+
+    def run(self) -> float:
+        self.proc.stdin.write("epoch\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self):
+        if self.proc.stdin and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+class TorchEpoch(Served):
+    """The PyTorch reference (experiments/bench_torch.py) in .venv-torch."""
+
+    name = "the PyTorch reference"
 
     def __init__(self, python: Path, x_train: np.ndarray):
         self.tmp = tempfile.NamedTemporaryFile(suffix=".npy", delete=False)
         self.tmp.close()
         np.save(self.tmp.name, x_train)
-        self.proc = subprocess.Popen(
-            reference_argv(python, ROOT / "experiments" / "bench_torch.py", self.tmp.name),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            reference_argv(python, ROOT / "experiments" / "bench_torch.py", self.tmp.name)
         )
-        self.info = self._reply()
         want = TORCH_PIN.split("==")[1]
         if not self.info["torch"].startswith(want):
             self.close()
@@ -195,30 +228,8 @@ class TorchEpoch:
                 f"remove {python.parents[1]} and run `make bench` again"
             )
 
-    def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:  # its traceback went to our stderr
-            self.close()
-            raise SystemExit(
-                f"error: the PyTorch reference exited (status {self.proc.returncode}); "
-                "its error is printed above"
-            )
-        return json.loads(line)
-
-    def run(self) -> tuple[float, float]:
-        self.proc.stdin.write("epoch\n")
-        self.proc.stdin.flush()
-        reply = self._reply()
-        return reply["seconds"], reply["loss"]
-
     def close(self):
-        if self.proc.stdin and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-        self.proc.wait()
-        self.proc.stdout.close()
+        super().close()
         if os.path.exists(self.tmp.name):
             os.unlink(self.tmp.name)
 
@@ -302,31 +313,6 @@ def case_config(overrides: dict, base: str):
     return config
 
 
-class ConfigEpoch:
-    """One epoch of a config's training, compiled; ``run()`` times one."""
-
-    def __init__(self, config, x_train, compiler_options=None):
-        run = factory.build(config, x_train)
-        self.state = run.state
-        epoch_fn = make_train_epoch(
-            run.step_fn, int(config.train.batch_size), x_train.shape[0], dynamic_binarization=True
-        )
-        self.x, self.key, self.epoch = jnp.asarray(x_train), factory.train_key(config), 0
-        start = time.perf_counter()
-        args = (self.state, self.key, jnp.asarray(0, jnp.int32), self.x)
-        self.fn = compile_jit(epoch_fn, args, compiler_options, donate_argnums=0)
-        self.compile_seconds = time.perf_counter() - start
-
-    def run(self) -> float:
-        start = time.perf_counter()
-        self.state, metrics = self.fn(
-            self.state, self.key, jnp.asarray(self.epoch, jnp.int32), self.x
-        )
-        float(metrics["loss"])  # blocks until the epoch is done
-        self.epoch += 1
-        return time.perf_counter() - start
-
-
 def bench_cases(x_train: np.ndarray, rounds: int, sizes: Sizes) -> dict:
     """Epoch seconds of every case; speed-ups and the VampPrior's cost as ratios."""
     options = sizes.compiler_options
@@ -344,7 +330,7 @@ def bench_cases(x_train: np.ndarray, rounds: int, sizes: Sizes) -> dict:
                 )
                 config.model.prior_components = min(int(config.model.prior_components), 5)
                 config.objective.num_samples = min(int(config.objective.num_samples), 3)
-            built[name] = ConfigEpoch(config, x, options)
+            built[name] = config_epoch(config, x, options)
         return built
 
     ab_cases, cell_cases = AB_CASES, CELL_CASES
@@ -381,42 +367,16 @@ SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_paralleli
 SINGLE_THREAD_CASE = "1layer_k1_single_thread"
 
 
-class ChildEpoch:
+class ChildEpoch(Served):
     """An A/B case's epoch in a child process started with other XLA flags."""
 
     def __init__(self, case: str, xla_flags: str, smoke: bool):
         argv = [sys.executable, "-m", "experiments.bench", "--serve-case", case]
         # The parent's flags and the arm's: only the arm's flags differ between arms.
         flags = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
-        self.proc = subprocess.Popen(
-            [*argv, *(["--smoke"] if smoke else [])],
-            cwd=ROOT,
-            env={**os.environ, "XLA_FLAGS": flags},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.compile_seconds = self._reply()["compile_seconds"]
-
-    def _reply(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.close()
-            raise SystemExit(
-                f"error: the benchmark's child process exited ({self.proc.returncode})"
-            )
-        return json.loads(line)
-
-    def run(self) -> float:
-        self.proc.stdin.write("epoch\n")
-        self.proc.stdin.flush()
-        return self._reply()["seconds"]
-
-    def close(self):
-        if self.proc.stdin and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        self.proc.wait()
-        self.proc.stdout.close()
+        env = {**os.environ, "XLA_FLAGS": flags}
+        super().__init__([*argv, *(["--smoke"] if smoke else [])], cwd=ROOT, env=env)
+        self.compile_seconds = self.info["compile_seconds"]
 
 
 def serve_case(case: str, smoke: bool) -> None:
@@ -424,7 +384,7 @@ def serve_case(case: str, smoke: bool) -> None:
     on request (a line ``epoch`` on stdin), each answer one JSON line on stdout."""
     sizes = SMOKE if smoke else FULL
     x_train = _train_images(sizes, smoke)
-    epoch = ConfigEpoch(case_config(AB_CASES[case], "iwae"), x_train, sizes.compiler_options)
+    epoch = config_epoch(case_config(AB_CASES[case], "iwae"), x_train, sizes.compiler_options)
     print(json.dumps({"compile_seconds": epoch.compile_seconds}), flush=True)
     for line in sys.stdin:
         if line.strip() == "epoch":
@@ -508,44 +468,33 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # 1. vae_jax vs PyTorch, same model, same data (grey values, as examples/vae), interleaved.
-    jax_epoch = JaxEpoch(
-        x_train, (400,), 20, "relu", 128, dynamic=False, compiler_options=sizes.compiler_options
-    )
+    options = sizes.compiler_options
+    jax_epoch = mlp_epoch(x_train, (400,), 20, "relu", 128, False, options)
     report["train_compile_seconds"] = jax_epoch.compile_seconds
     torch_epoch = None if python is None else TorchEpoch(python, x_train)
-    jax_times, torch_times = [], []
     try:
-        for r in range(args.rounds):
-            jax_times.append(jax_epoch.run()[0])
-            if torch_epoch:
-                torch_times.append(torch_epoch.run()[0])
-            print(
-                f"round {r + 1}: vae_jax {jax_times[-1]:.2f} s"
-                + (f", pytorch {torch_times[-1]:.2f} s" if torch_times else ""),
-                flush=True,
-            )
+        arms = {"vae_jax": jax_epoch, **({"pytorch": torch_epoch} if torch_epoch else {})}
+        seconds = interleaved(arms, args.rounds, "vae_jax vs PyTorch")
     finally:
         if torch_epoch:
             torch_epoch.close()
-    report["vae_784_400_20_b128_epoch_seconds"] = float(np.median(jax_times))
-    report["vae_784_400_20_b128_images_per_second"] = n_train / float(np.median(jax_times))
+    report["vae_784_400_20_b128_epoch_seconds"] = seconds["vae_jax"]
+    report["vae_784_400_20_b128_images_per_second"] = n_train / seconds["vae_jax"]
     if torch_epoch:
         report["pytorch_threads"] = torch_epoch.info["threads"]
         report["pytorch_version"] = torch_epoch.info["torch"]
-        report["pytorch_epoch_seconds"] = float(np.median(torch_times))
-        report["ratio_vae_jax_over_pytorch"] = (
-            report["vae_784_400_20_b128_epoch_seconds"] / report["pytorch_epoch_seconds"]
-        )
+        report["pytorch_epoch_seconds"] = seconds["pytorch"]
+        report["ratio_vae_jax_over_pytorch"] = seconds["vae_jax"] / seconds["pytorch"]
 
     # 2. The IWAE architecture at batch 100: achieved GFLOP/s against the peak.
-    iwae_epoch = JaxEpoch(
-        x_train, (200, 200), 50, "tanh", 100, dynamic=True, compiler_options=sizes.compiler_options
-    )
-    iwae_times = [iwae_epoch.run()[0] for _ in range(args.rounds)]
-    macs = training_macs_per_example([784, 200, 200, 100], [50, 200, 200, 784])
+    iwae_epoch = mlp_epoch(x_train, (200, 200), 50, "tanh", 100, True, options)
+    iwae_seconds = interleaved({"iwae_arch": iwae_epoch}, args.rounds, "IWAE arch")["iwae_arch"]
+    # Multiply-accumulates of one forward pass (the encoder's two heads: 200 x 100).
+    layers = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
+    macs = sum(a * b for a, b in layers)
     flops = 6 * macs * n_train  # forward 2, backward 4 FLOPs per multiply-accumulate
-    report["iwae_arch_b100_epoch_seconds"] = float(np.median(iwae_times))
-    report["iwae_arch_b100_gflops"] = flops / float(np.median(iwae_times)) / 1e9
+    report["iwae_arch_b100_epoch_seconds"] = iwae_seconds
+    report["iwae_arch_b100_gflops"] = flops / iwae_seconds / 1e9
     report["iwae_arch_fraction_of_peak"] = (
         report["iwae_arch_b100_gflops"] / report["matmul_peak_gflops"]
     )
