@@ -41,25 +41,16 @@ def run_grid(grid: str, variant: str | None, seeds: int, workdir: Path, arms: li
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_string(
-        "grid", None, f"one of {sorted(GRIDS)}, optionally :smoke", flag_values=values
-    )
-    flags.DEFINE_integer("seeds", 3, "seeds 0..N-1 of every arm", flag_values=values)
-    flags.DEFINE_string("workdir", None, "holds <arm>/seed<k> and the report", flag_values=values)
-    flags.DEFINE_string(
-        "arms", None, "comma-separated subset of the grid's arms", flag_values=values
-    )
-    flags.DEFINE_boolean(
-        "report-only",
-        False,
-        "rewrite the report from the runs there; train none",
-        flag_values=values,
-    )
-    flags.DEFINE_string(
+    cli.flag(values, "grid", None, f"one of {sorted(GRIDS)}, optionally :smoke")
+    cli.flag(values, "seeds", 3, "seeds 0..N-1 of every arm")
+    cli.flag(values, "workdir", None, "holds <arm>/seed<k> and the report")
+    cli.flag(values, "arms", None, "comma-separated subset of the grid's arms")
+    cli.flag(values, "report-only", False, "rewrite the report from the runs there; train none")
+    cli.flag(
+        values,
         "publish",
         None,
         "also copy RESULTS.md and the PNGs to PUBLISH/<grid>/ (committed docs)",
-        flag_values=values,
     )
 
 

@@ -53,7 +53,7 @@ class _Counts(flags.ArgumentParser):
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the trained run", flag_values=values)
+    cli.flag(values, "workdir", None, "the trained run")
     flags.DEFINE(
         _Counts(),
         "num-images",
@@ -61,7 +61,7 @@ def _define(values: flags.FlagValues) -> None:
         "the values of N, each one KL(q_agg,N || p)",
         flag_values=values,
     )
-    flags.DEFINE_integer("num-z", 2000, "Monte Carlo draws per N", flag_values=values)
+    cli.flag(values, "num-z", 2000, "Monte Carlo draws per N")
 
 
 def main(argv=None) -> list[dict]:

@@ -411,17 +411,13 @@ def interleaved(epochs: dict, rounds: int, label: str) -> dict:
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_integer("rounds", 5, "timed epochs per measurement", flag_values=values)
-    flags.DEFINE_integer("is-examples", 10_000, "test images scored by IS-5000", flag_values=values)
-    flags.DEFINE_boolean("no-torch", False, "skip the PyTorch reference", flag_values=values)
-    flags.DEFINE_boolean(
-        "smoke", False, "toy sizes, one round, no PyTorch: checks that it runs", flag_values=values
-    )
-    flags.DEFINE_string(
-        "out", None, "JSON report (default runs/bench/bench.json or smoke.json)", flag_values=values
-    )
-    flags.DEFINE_string("torch-venv", str(TORCH_VENV), "the reference venv", flag_values=values)
-    flags.DEFINE_string("serve-case", None, "internal: a child's A/B case", flag_values=values)
+    cli.flag(values, "rounds", 5, "timed epochs per measurement")
+    cli.flag(values, "is-examples", 10_000, "test images scored by IS-5000")
+    cli.flag(values, "no-torch", False, "skip the PyTorch reference")
+    cli.flag(values, "smoke", False, "toy sizes, one round, no PyTorch: checks that it runs")
+    cli.flag(values, "out", None, "JSON report (default runs/bench/bench.json or smoke.json)")
+    cli.flag(values, "torch-venv", str(TORCH_VENV), "the reference venv")
+    cli.flag(values, "serve-case", None, "internal: a child's A/B case")
 
 
 def parse_args(argv: list[str] | None) -> SimpleNamespace:

@@ -89,6 +89,13 @@ def parse(
     )
 
 
+def flag(values: flags.FlagValues, name: str, default, help: str) -> None:
+    """Define ``--name`` on ``values``; its kind follows the default: a bool is
+    a switch, an int an integer, a float a float, anything else (None) a string."""
+    kinds = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+    kinds.get(type(default), flags.DEFINE_string)(name, default, help, flag_values=values)
+
+
 def _prog(define: Callable) -> str:
     """``python -m experiments.<command>``, run as such or imported."""
     spec = getattr(sys.modules.get(define.__module__), "__spec__", None)

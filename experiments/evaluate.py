@@ -32,20 +32,11 @@ from vae_jax.data import binarize_once
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the run to re-score", flag_values=values)
-    flags.DEFINE_string(
-        "params", None, "an IWAE-table cell's theta and phi (.msgpack)", flag_values=values
-    )
-    flags.DEFINE_integer(
-        "num-samples", 5000, "importance samples S per test image", flag_values=values
-    )
-    flags.DEFINE_boolean("plots", False, "redraw the PNG figures too", flag_values=values)
-    flags.DEFINE_string(
-        "out",
-        None,
-        "with --params: the JSON to write (default runs/rescore/...)",
-        flag_values=values,
-    )
+    cli.flag(values, "workdir", None, "the run to re-score")
+    cli.flag(values, "params", None, "an IWAE-table cell's theta and phi (.msgpack)")
+    cli.flag(values, "num-samples", 5000, "importance samples S per test image")
+    cli.flag(values, "plots", False, "redraw the PNG figures too")
+    cli.flag(values, "out", None, "with --params: the JSON to write (default runs/rescore/...)")
 
 
 def restore_params(path: Path):

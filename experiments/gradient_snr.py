@@ -28,7 +28,7 @@ OUT = Path(__file__).resolve().parent / "results" / "gradients" / "snr.json"
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_integer("draws", 4000, "gradient draws per estimator and k", flag_values=values)
+    cli.flag(values, "draws", 4000, "gradient draws per estimator and k")
 
 
 def measure(draws: int) -> list[dict]:

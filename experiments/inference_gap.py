@@ -142,14 +142,12 @@ def summarise(gap: dict) -> dict:
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the trained run", flag_values=values)
-    flags.DEFINE_integer("num-examples", 1000, "first N fixed test images", flag_values=values)
-    flags.DEFINE_integer("fit-steps", 500, "gradient steps of q*", flag_values=values)
-    flags.DEFINE_integer(
-        "semi-steps", 10, "gradient steps of the semi-amortised q", flag_values=values
-    )
-    flags.DEFINE_float("learning-rate", 1e-2, "of both fits", flag_values=values)
-    flags.DEFINE_integer("num-samples", 5000, "IS draws for log p(x)", flag_values=values)
+    cli.flag(values, "workdir", None, "the trained run")
+    cli.flag(values, "num-examples", 1000, "first N fixed test images")
+    cli.flag(values, "fit-steps", 500, "gradient steps of q*")
+    cli.flag(values, "semi-steps", 10, "gradient steps of the semi-amortised q")
+    cli.flag(values, "learning-rate", 1e-2, "of both fits")
+    cli.flag(values, "num-samples", 5000, "IS draws for log p(x)")
 
 
 def main(argv=None):

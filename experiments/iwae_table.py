@@ -142,14 +142,11 @@ def render(table: Path = TABLE) -> Path:
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_string("cell", None, "name of the table cell, e.g. iwae_1l_k5", flag_values=values)
-    flags.DEFINE_string("workdir", None, "the finished run", flag_values=values)
-    flags.DEFINE_string("command", None, "the command that trained it", flag_values=values)
-    flags.DEFINE_string(
-        "rescore",
-        None,
-        "a re-score JSON of the run to record instead of results.json",
-        flag_values=values,
+    cli.flag(values, "cell", None, "name of the table cell, e.g. iwae_1l_k5")
+    cli.flag(values, "workdir", None, "the finished run")
+    cli.flag(values, "command", None, "the command that trained it")
+    cli.flag(
+        values, "rescore", None, "a re-score JSON of the run to record instead of results.json"
     )
 
 
