@@ -121,28 +121,21 @@ def _help(prog, description, values, names, required, positional, hidden) -> str
     return "\n".join(lines)
 
 
-class _DropMissingTpuNotice(logging.Filter):
+def _not_missing_tpu_notice(record: logging.LogRecord) -> bool:
     """jax logs, at INFO, that it found no TPU runtime each time it picks a backend.
 
     Under absl's logging set-up that line reaches stderr on every run of a CPU
     or GPU machine. Only that record is dropped: which backend jax picks is
     unchanged (a GPU is still used when there is one), and its warnings pass.
+    A logging filter may be a function; adding the same one twice adds it once.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
-
-
-def quiet_missing_tpu_notice() -> None:
-    logger = logging.getLogger("jax._src.xla_bridge")
-    if not any(isinstance(f, _DropMissingTpuNotice) for f in logger.filters):
-        logger.addFilter(_DropMissingTpuNotice())
+    return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
 
 
 def run(main: Callable[[], object]) -> None:
     """Run a command's ``main()``; a UserError, or a SystemExit that carries a
     message (``raise SystemExit("error: ...")``), ends as one line, status 2."""
-    quiet_missing_tpu_notice()
+    logging.getLogger("jax._src.xla_bridge").addFilter(_not_missing_tpu_notice)
     try:
         main()
     except UserError as error:

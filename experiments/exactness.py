@@ -22,9 +22,6 @@ from vae_jax.schema import prior_phi
 D, L = 12, 3
 
 
-_perturbed = lg.perturbed_posterior_phi
-
-
 def _define(values: flags.FlagValues) -> None:
     """No flags: ``--help``, and anything else is refused."""
 
@@ -44,7 +41,7 @@ def main(argv=None):
     ]
     print(f"ELBO with q = exact posterior vs exact log p(x): max |error| {max(errors):.2e} nats")
 
-    phi_off = _perturbed(phi_exact, jax.random.key(11), 0.1)
+    phi_off = lg.perturbed_posterior_phi(phi_exact, jax.random.key(11), 0.1)
     closed = np.array(
         [float(lg.closed_form_elbo(theta, model.posterior(phi_off, x), x)) for x in x_NxD]
     )
@@ -69,7 +66,7 @@ def main(argv=None):
             f"{float(values.mean()) - closed[0]:+.4f} nats (standard error {se:.4f})"
         )
 
-    phi_iwae = _perturbed(phi_exact, jax.random.key(5), 0.6)
+    phi_iwae = lg.perturbed_posterior_phi(phi_exact, jax.random.key(5), 0.6)
     keys = jax.random.split(jax.random.key(4), 4000)
     means = []
     for k in (1, 2, 5, 20, 100):

@@ -144,13 +144,6 @@ CHOICES = {
 }
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuse, with one line naming the key and its allowed values, a config that
     could not run to the end: every section, evaluation included.
@@ -161,15 +154,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     before a workdir is touched.
     """
     for key, (test, allowed) in RANGES.items():
-        value = _get(config, key)
+        value = config[key]
         if not test(value):
             raise UserError(f"{key}={value!r} is out of range: it must be {allowed}")
     for key, options in CHOICES.items():
-        value = _get(config, key)
+        value = config[key]
         if value not in options:
             raise UserError(f"{key}={value!r} is not an option; choose one of {list(options)}")
     for key in ("model.hidden_sizes", "model.top_hidden_sizes"):
-        hidden = tuple(_get(config, key))
+        hidden = tuple(config[key])
         if not all(_is_int(h) and h >= 1 for h in hidden):
             raise UserError(f"{key}={hidden!r}: every width must be an integer >= 1")
     if config.objective.gradient != "reparam" and config.objective.name != "iwae":
@@ -218,10 +211,10 @@ TWO_LAYER_SETTINGS = {
 def check_two_layers(config: ml_collections.ConfigDict) -> None:
     """Refuse, by name, an option a chain of stochastic layers does not support."""
     for key, supported in TWO_LAYER_SETTINGS.items():
-        if _get(config, key) != supported:
+        if config[key] != supported:
             raise UserError(
                 f"model.top_latent_dim={config.model.top_latent_dim} (two stochastic layers) "
-                f"needs {key}={supported!r}, got {_get(config, key)!r}: priors, realign, tying "
+                f"needs {key}={supported!r}, got {config[key]!r}: priors, realign, tying "
                 "and the latent-space plots are one-layer only"
             )
     if config.objective.name not in ("elbo", "iwae"):
@@ -482,6 +475,6 @@ def check_batches(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Every batch splits evenly over the devices of data parallelism."""
     for key in ("train.batch_size", "eval.batch_size", "eval.is_batch_size"):
         try:
-            parallel.check_divisible(int(_get(config, key)), num_devices, key)
+            parallel.check_divisible(int(config[key]), num_devices, key)
         except ValueError as error:
             raise UserError(str(error)) from error

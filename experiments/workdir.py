@@ -25,6 +25,7 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
+from flax.traverse_util import flatten_dict
 
 from experiments.cli import UserError
 from experiments.configs.base import base_config
@@ -48,16 +49,6 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, record: dict) -> None:
     write_text(path, json.dumps(record, indent=2) + "\n")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def check_path(workdir: Path) -> None:
@@ -103,8 +94,8 @@ def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
             f"{workdir / CHECKPOINT} exists but {workdir / CONFIG_RECORD} does not, so the "
             "config that trained it is unknown: put config.json back, or use a new --workdir"
         )
-    stored = _flatten(stored)
-    flat = _flatten(json.loads(config.to_json()))
+    stored = flatten_dict(stored, sep=".")
+    flat = flatten_dict(json.loads(config.to_json()), sep=".")
     # Keys added to the configs after a run was started did not exist for it;
     # each new key defaults to the behaviour from before it existed.
     added = sorted(set(flat) - set(stored))

@@ -129,7 +129,9 @@ def load_tfds(
     import tensorflow_datasets as tfds  # heavy import, only when asked for
 
     # tfds warns about each empty dataset folder it probes; the error below says it once.
-    quiet = _DropLogLines("has no dataset_info.json")
+    def quiet(record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
     logging.getLogger("absl").addFilter(quiet)
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -150,15 +152,6 @@ def load_tfds(
         scale = 1.0 if images.max() <= 1 else 255.0
         images = images.astype(np.float32) / scale
     return check_data(images.astype(np.float32), f"tfds {name} {split}")
-
-
-class _DropLogLines(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
 
 
 def _tfds_unavailable(tfds, name: str, split: str, data_dir: str | None, error: Exception) -> str:

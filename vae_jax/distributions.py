@@ -66,9 +66,6 @@ class DiagonalGaussian(NamedTuple):
         loc, scale = jnp.broadcast_to(self.loc, shape), jnp.broadcast_to(self.scale, shape)
         return loc + scale * eps
 
-    def entropy(self) -> jax.Array:
-        return jnp.sum(self.log_scale + 0.5 + _HALF_LOG_2PI, axis=-1)
-
 
 class StandardNormal(NamedTuple):
     """N(0, I) over vectors of size ``dim``; it has no parameters to learn."""
@@ -81,10 +78,6 @@ class StandardNormal(NamedTuple):
 
     @property
     def log_scale(self) -> jax.Array:
-        return jnp.zeros((self.dim,))
-
-    @property
-    def mean(self) -> jax.Array:
         return jnp.zeros((self.dim,))
 
     def log_prob(self, z: jax.Array) -> jax.Array:
@@ -153,10 +146,6 @@ class MixtureOfDiagonalGaussians(NamedTuple):
     logits: jax.Array
     loc: jax.Array
     log_scale: jax.Array
-
-    @property
-    def mean(self) -> jax.Array:
-        return jax.nn.softmax(self.logits) @ self.loc
 
     def log_prob(self, z: jax.Array) -> jax.Array:
         """The quadratic of every component as two matmuls, with precisions p = sigma^-2:
