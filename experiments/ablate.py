@@ -42,7 +42,7 @@ def run_grid(grid: str, variant: str | None, seeds: int, workdir: Path, arms: li
 
 def _define(values: flags.FlagValues) -> None:
     cli.flag(values, "grid", None, f"one of {sorted(GRIDS)}, optionally :smoke")
-    cli.flag(values, "seeds", 3, "seeds 0..N-1 of every arm")
+    cli.flag(values, "seeds", 3, "seeds 0..N-1 of every arm", lower_bound=1)
     cli.flag(values, "workdir", None, "holds <arm>/seed<k> and the report")
     cli.flag(values, "arms", None, "comma-separated subset of the grid's arms")
     cli.flag(values, "report-only", False, "rewrite the report from the runs there; train none")
@@ -56,8 +56,6 @@ def _define(values: flags.FlagValues) -> None:
 
 def main(argv=None) -> Path:
     args = cli.parse(argv, _define, __doc__, required=["grid", "workdir"])
-    if args.seeds < 1:
-        raise cli.UserError(f"--seeds must be >= 1, got {args.seeds}")
     grid, variant = parse_grid(args.grid)
     arms = select_arms(grid, args.arms)
     workdir = Path(args.workdir)

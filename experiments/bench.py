@@ -411,7 +411,7 @@ def interleaved(epochs: dict, rounds: int, label: str) -> dict:
 
 
 def _define(values: flags.FlagValues) -> None:
-    cli.flag(values, "rounds", 5, "timed epochs per measurement")
+    cli.flag(values, "rounds", 5, "timed epochs per measurement", lower_bound=1)
     cli.flag(values, "is-examples", 10_000, "test images scored by IS-5000")
     cli.flag(values, "no-torch", False, "skip the PyTorch reference")
     cli.flag(values, "smoke", False, "toy sizes, one round, no PyTorch: checks that it runs")
@@ -422,8 +422,6 @@ def _define(values: flags.FlagValues) -> None:
 
 def parse_args(argv: list[str] | None) -> SimpleNamespace:
     args = cli.parse(argv, _define, __doc__, hidden=["torch-venv", "serve-case"])
-    if args.rounds < 1:
-        raise cli.UserError(f"--rounds must be >= 1, got {args.rounds}")
     if not 1 <= args.is_examples <= 10_000:
         raise cli.UserError(
             f"--is-examples must be in [1, 10000] (the test set), got {args.is_examples}"

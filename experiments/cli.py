@@ -89,11 +89,13 @@ def parse(
     )
 
 
-def flag(values: flags.FlagValues, name: str, default, help: str) -> None:
+def flag(values: flags.FlagValues, name: str, default, help: str, **bounds) -> None:
     """Define ``--name`` on ``values``; its kind follows the default: a bool is
-    a switch, an int an integer, a float a float, anything else (None) a string."""
+    a switch, an int an integer, a float a float, anything else (None) a string.
+    ``bounds`` (``lower_bound=1``) are absl's: a value outside them is a UserError
+    from :func:`parse`, and ``--help`` shows them."""
     kinds = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer, float: flags.DEFINE_float}
-    kinds.get(type(default), flags.DEFINE_string)(name, default, help, flag_values=values)
+    kinds.get(type(default), flags.DEFINE_string)(name, default, help, flag_values=values, **bounds)
 
 
 def _prog(define: Callable) -> str:

@@ -34,7 +34,7 @@ from vae_jax.data import binarize_once
 def _define(values: flags.FlagValues) -> None:
     cli.flag(values, "workdir", None, "the run to re-score")
     cli.flag(values, "params", None, "an IWAE-table cell's theta and phi (.msgpack)")
-    cli.flag(values, "num-samples", 5000, "importance samples S per test image")
+    cli.flag(values, "num-samples", 5000, "importance samples S per test image", lower_bound=1)
     cli.flag(values, "plots", False, "redraw the PNG figures too")
     cli.flag(values, "out", None, "with --params: the JSON to write (default runs/rescore/...)")
 
@@ -64,8 +64,6 @@ def main(argv=None):
     args = cli.parse(argv, _define, __doc__)
     if (args.workdir is None) == (args.params is None):
         raise cli.UserError("give one of --workdir (a run) or --params (a table cell's file)")
-    if args.num_samples < 1:
-        raise cli.UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     start = time.time()
     if args.workdir is not None:
         workdir = Path(args.workdir)

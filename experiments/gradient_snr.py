@@ -28,7 +28,7 @@ OUT = Path(__file__).resolve().parent / "results" / "gradients" / "snr.json"
 
 
 def _define(values: flags.FlagValues) -> None:
-    cli.flag(values, "draws", 4000, "gradient draws per estimator and k")
+    cli.flag(values, "draws", 4000, "gradient draws per estimator and k", lower_bound=2)
 
 
 def measure(draws: int) -> list[dict]:
@@ -72,8 +72,6 @@ def measure(draws: int) -> list[dict]:
 
 def main(argv=None):
     args = cli.parse(argv, _define, __doc__)
-    if args.draws < 2:
-        raise cli.UserError(f"--draws must be >= 2, got {args.draws}")
     rows = measure(args.draws)
     print(
         f"{'k':>3} {'gradient':>8} {'max |z| vs reparam':>19} {'median var':>11} {'median SNR':>11}"

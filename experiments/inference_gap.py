@@ -143,23 +143,16 @@ def summarise(gap: dict) -> dict:
 
 def _define(values: flags.FlagValues) -> None:
     cli.flag(values, "workdir", None, "the trained run")
-    cli.flag(values, "num-examples", 1000, "first N fixed test images")
-    cli.flag(values, "fit-steps", 500, "gradient steps of q*")
-    cli.flag(values, "semi-steps", 10, "gradient steps of the semi-amortised q")
+    cli.flag(values, "num-examples", 1000, "first N fixed test images", lower_bound=1)
+    # The report compares the fit's last 10 steps.
+    cli.flag(values, "fit-steps", 500, "gradient steps of q*", lower_bound=10)
+    cli.flag(values, "semi-steps", 10, "gradient steps of the semi-amortised q", lower_bound=1)
     cli.flag(values, "learning-rate", 1e-2, "of both fits")
-    cli.flag(values, "num-samples", 5000, "IS draws for log p(x)")
+    cli.flag(values, "num-samples", 5000, "IS draws for log p(x)", lower_bound=1)
 
 
 def main(argv=None):
     args = cli.parse(argv, _define, __doc__, required=["workdir"])
-    for flag, value, low in (
-        ("--num-examples", args.num_examples, 1),
-        ("--fit-steps", args.fit_steps, 10),  # the report compares the last 10 steps
-        ("--semi-steps", args.semi_steps, 1),
-        ("--num-samples", args.num_samples, 1),
-    ):
-        if value < low:
-            raise cli.UserError(f"{flag} must be >= {low}, got {value}")
     if not args.learning_rate > 0:
         raise cli.UserError(f"--learning-rate must be > 0, got {args.learning_rate}")
     start_time = time.time()

@@ -201,10 +201,18 @@ def test_user_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path):
             f"checkpoint {run / 'checkpoint.msgpack'} is unreadable",
         ),
         ("experiments.evaluate", ["--workdir", str(a_file)], "is a file"),
-        ("experiments.evaluate", ["--workdir", str(run), "--num-samples", "0"], ">= 1, got 0"),
+        (
+            "experiments.evaluate",
+            ["--workdir", str(run), "--num-samples", "0"],
+            "--num-samples=0: 0 is not a positive",
+        ),
         ("experiments.inference_gap", ["--workdir", str(tmp_path / "none")], "holds no run"),
         ("experiments.ablate", ["--grid", "prior", "--workdir", str(run)], "unknown grid"),
-        ("experiments.ablate", ["--grid", "priors", "--workdir", str(run), "--seeds", "0"], ">= 1"),
+        (
+            "experiments.ablate",
+            ["--grid", "priors", "--workdir", str(run), "--seeds", "0"],
+            "--seeds=0",
+        ),
         ("experiments.exactness", ["--samples", "5"], "Unknown command line flag 'samples'"),
         (
             "experiments.evaluate",
@@ -214,11 +222,16 @@ def test_user_errors_are_one_line_with_status_2_in_every_entry_point(tmp_path):
         ("experiments.evaluate", ["--workdir", str(run), "50"], "unexpected arguments: 50"),
         ("experiments.inference_gap", ["--workdir", str(run), "--fit-steps", "x"], "fit-steps"),
         (
+            "experiments.inference_gap",
+            ["--workdir", str(run), "--fit-steps", "9"],
+            "--fit-steps=9: 9 is not integer >= 10",
+        ),
+        (
             "experiments.aggregate_kl",
             ["--workdir", str(run), "--num-images", "ten"],
             "expected comma-separated integers, got 'ten'",
         ),
-        ("experiments.bench", ["--rounds", "0"], "--rounds must be >= 1, got 0"),
+        ("experiments.bench", ["--rounds", "0"], "--rounds=0: 0 is not a positive integer"),
         ("experiments.speed_profile", ["bogus"], "unknown command 'bogus'"),
         ("experiments.speed_profile", [], "missing command"),
     ]
