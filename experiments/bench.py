@@ -196,8 +196,9 @@ class Served:
         return json.loads(line)
 
     def run(self) -> float:
-        self.proc.stdin.write("epoch\n")
-        self.proc.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # it died: _reply says so in one line
+            self.proc.stdin.write("epoch\n")
+            self.proc.stdin.flush()
         return self._reply()["seconds"]
 
     def close(self):

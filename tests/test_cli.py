@@ -250,10 +250,27 @@ PROG = f"python -m {__spec__.name}"  # test_cli, or tests.test_cli, as pytest im
 
 
 def _define(values: flags.FlagValues) -> None:
-    flags.DEFINE_string("workdir", None, "the run", flag_values=values)
-    flags.DEFINE_integer("num-samples", 5000, "importance samples", flag_values=values)
-    flags.DEFINE_boolean("no-torch", False, "skip the reference", flag_values=values)
-    flags.DEFINE_string("torch-venv", "venv", "a hidden flag", flag_values=values)
+    cli.flag(values, "workdir", None, "the run")
+    cli.flag(values, "num-samples", 5000, "importance samples")
+    cli.flag(values, "no-torch", False, "skip the reference")
+    cli.flag(values, "torch-venv", "venv", "a hidden flag")
+
+
+def test_a_flags_kind_follows_its_default_and_bounds_are_checked_and_shown(capsys):
+    def define(values):
+        cli.flag(values, "rate", 0.5, "a float")
+        cli.flag(values, "rounds", 5, "an int", lower_bound=1)
+        cli.flag(values, "quick", False, "a switch")
+        cli.flag(values, "name", None, "a string")
+
+    args = cli.parse(["--rate=2", "--rounds=3", "--quick", "--name=7"], define, "doc")
+    assert vars(args) == {"rate": 2.0, "rounds": 3, "quick": True, "name": "7"}
+    assert isinstance(args.rate, float) and isinstance(args.name, str)
+    with pytest.raises(cli.UserError, match=re.escape("flag --rounds=0: 0 is not a positive")):
+        cli.parse(["--rounds=0"], define, "doc")
+    with pytest.raises(SystemExit):
+        cli.parse(["--help"], define, "doc")
+    assert "--rounds (a positive integer, default 5)" in capsys.readouterr().out
 
 
 def test_parse_keeps_hyphenated_names_and_defines_the_flags_afresh_each_call():

@@ -76,6 +76,8 @@ class StandardNormal(NamedTuple):
     def loc(self) -> jax.Array:
         return jnp.zeros((self.dim,))
 
+    mean = loc  # a Chain's estimate_mean reads its root's mean
+
     @property
     def log_scale(self) -> jax.Array:
         return jnp.zeros((self.dim,))

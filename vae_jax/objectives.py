@@ -190,7 +190,8 @@ def chunked_logsumexp(log_w_fn: Callable, key: jax.Array, num_samples: int, chun
 
     ``log_w_fn(chunk_key, chunk_size) -> [chunk_size]``; chunk c uses
     ``fold_in(key, c)``, a last partial chunk is masked, and peak memory is set
-    by ``chunk_size``, not by ``num_samples``. Returns -inf for ``num_samples = 0``.
+    by ``chunk_size``, not by ``num_samples``. Returns -inf for ``num_samples = 0``;
+    callers check the counts (:func:`check_sample_counts`).
     """
     if num_samples == 0:
         return jnp.array(-jnp.inf, dtype=jnp.result_type(float))
