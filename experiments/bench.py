@@ -150,10 +150,13 @@ class Epoch:
         return time.perf_counter() - start
 
 
-def mlp_epoch(x_train, hidden, latent, activation, batch_size, dynamic, compiler_options=None):
-    """The ELBO epoch of a 784-hidden-latent MLP VAE with Adam(1e-3), as a timed :class:`Epoch`."""
+def mlp_epoch(
+    x_train, hidden, latent, activation, batch_size, dynamic, compiler_options=None, optimizer=None
+):
+    """The ELBO epoch of a 784-hidden-latent MLP VAE with ``optimizer`` (default
+    Adam(1e-3)), as a timed :class:`Epoch`."""
     model = make_vae(784, latent, hidden, activation=activation)
-    optimizer = optax.adam(1e-3)
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     # One compiled init, not dozens of eagerly compiled initialiser ops: not timed,
     # but it would be most of a --smoke run.
     key = jax.random.key(0)
