@@ -46,35 +46,30 @@ PAPER = {
 }
 
 
-def paper_cell(config: dict) -> tuple[str, int, int]:
-    """(vae | iwae, stochastic layers, k) of a run's recorded config."""
-    objective = config["objective"]
-    layers = 2 if int(config["model"].get("top_latent_dim", 0)) else 1
-    kind = "iwae" if objective["name"] == "iwae" else "vae"
-    return kind, layers, int(objective["num_samples"])
-
-
 def add(
     cell: str, workdir: Path, command: str, rescore: Path | None = None, table: Path = TABLE
 ) -> dict:
     """Record the finished run in ``workdir`` as ``cell``; returns the record."""
     config, model, state, completed, _ = restore_run(workdir)
-    scored = json.loads((rescore or workdir / wd.RESULTS).read_text())
+    scored_path = rescore or workdir / wd.RESULTS
+    scored = json.loads(scored_path.read_text())
     if scored.get("train_step") not in (None, int(state.step)):
         raise cli.UserError(
-            f"{rescore or workdir / wd.RESULTS} scored step {scored['train_step']}, but the "
+            f"{scored_path} scored step {scored['train_step']}, but the "
             f"checkpoint in {workdir} is at step {int(state.step)}: re-score it first"
         )
-    history = wd.read_metrics(workdir, completed)
-    seconds = [m["seconds"] for m in history]
+    seconds = [m["seconds"] for m in wd.read_metrics(workdir, completed)]
     record_config = wd.read_config_record(workdir)
-    kind, layers, k = paper_cell(record_config)
+    objective = record_config["objective"]
+    kind = "iwae" if objective["name"] == "iwae" else "vae"
+    layers = 2 if int(record_config["model"].get("top_latent_dim", 0)) else 1
+    k = int(objective["num_samples"])
     record = {
         "cell": cell,
         "objective": kind,
         "stochastic_layers": layers,
         "k": k,
-        "gradient": record_config["objective"].get("gradient", "reparam"),
+        "gradient": objective.get("gradient", "reparam"),
         "passes": completed,
         "train_step": int(state.step),
         "of_passes": FULL_SCHEDULE,
@@ -98,15 +93,12 @@ def add(
     return record
 
 
-def records(table: Path = TABLE) -> list[dict]:
-    """Every cell's record: a JSON beside its .msgpack (bench.json is no cell)."""
-    cells = sorted(p for p in table.glob("*.json") if p.with_suffix(".msgpack").exists())
-    return [json.loads(p.read_text()) for p in cells]
-
-
 def render(table: Path = TABLE) -> Path:
     """RESULTS.md: one row per recorded cell, ordered as the paper's table."""
-    rows = sorted(records(table), key=lambda r: (r["stochastic_layers"], r["objective"], r["k"]))
+    # a cell is a JSON beside its .msgpack (bench.json is no cell)
+    cells = [p for p in table.glob("*.json") if p.with_suffix(".msgpack").exists()]
+    rows = [json.loads(p.read_text()) for p in sorted(cells)]
+    rows.sort(key=lambda r: (r["stochastic_layers"], r["objective"], r["k"]))
     lines = [
         "# Burda et al. 2015, table 1 (MNIST), as measured here",
         "",
@@ -123,18 +115,16 @@ def render(table: Path = TABLE) -> Path:
     for r in rows:
         per_layer = r.get("active_units_per_layer") or [r["active_units"]]
         units = " + ".join(str(u) for u in per_layer) + f" / {r['latent_units']}"
-        projected = (
-            f"{r['seconds_per_epoch'] * r['of_passes'] / 3600:.1f} h"
-            if r["seconds_per_epoch"]
-            else "n/a"
-        )
+        seconds = r["seconds_per_epoch"]  # None: a run whose metrics held no epoch
+        per_epoch = f"{seconds:.2f}" if seconds else "n/a"
+        projected = f"{seconds * r['of_passes'] / 3600:.1f} h" if seconds else "n/a"
         layers = "1 layer" if r["stochastic_layers"] == 1 else f"{r['stochastic_layers']} layers"
         lines.append(
             f"| {r['objective'].upper()}, {layers} | {r['k']} | {r['gradient']} "
             f"| {r['passes']} of {r['of_passes']} | {len(r['seeds'])} "
             f"| {r['test_nll']:.2f} (IS-{r['num_importance_samples']}) | {r['paper_nll']} "
             f"| {r['test_elbo']:.2f} | {units} | {r['train_hours']:.2f} "
-            f"| {r['seconds_per_epoch']:.2f} | {projected} | `{r['command']}` |"
+            f"| {per_epoch} | {projected} | `{r['command']}` |"
         )
     out = table / "RESULTS.md"
     wd.write_text(out, "\n".join(lines) + "\n")

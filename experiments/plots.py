@@ -20,13 +20,14 @@ def _grid(images_NxD: np.ndarray, rows: int, cols: int, side: int) -> np.ndarray
     return tiles.transpose(0, 2, 1, 3).reshape(rows * side, cols * side)
 
 
-def _save(path: Path, image: np.ndarray, title: str) -> None:
+def _save(path: Path, image: np.ndarray, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / image.shape[1] + 0.4))
     ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
     ax.set_title(title)
     ax.axis("off")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+    return path
 
 
 def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Array) -> list[Path]:
@@ -35,14 +36,11 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
     if side * side != model.data_dim:
         return []  # not square images: nothing sensible to draw
     prior_key, posterior_key = jax.random.split(key)
-    written = []
 
     z_64xL = model.prior(theta, phi).sample(prior_key, (64,))
     samples = np.asarray(model.likelihood(theta, z_64xL, phi).mean)
-    _save(
-        workdir / "samples.png", _grid(samples, 8, 8, side), "64 samples from p(z), decoded (means)"
-    )
-    written.append(workdir / "samples.png")
+    title = "64 samples from p(z), decoded (means)"
+    written = [_save(workdir / "samples.png", _grid(samples, 8, 8, side), title)]
 
     x = jnp.asarray(x_test[:32])
     if phi_axis(phi) == 0:  # per-datapoint q's: the rows of these 32 images
@@ -51,12 +49,8 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
     z = q_z.sample(posterior_key)
     recon = np.asarray(model.likelihood(theta, z, phi).mean)
     pairs = np.stack([np.asarray(x), recon], axis=1).reshape(64, -1)  # image, reconstruction
-    _save(
-        workdir / "reconstructions.png",
-        _grid(pairs, 8, 8, side),
-        "test image | reconstruction (one z ~ q(z|x))",
-    )
-    written.append(workdir / "reconstructions.png")
+    title = "test image | reconstruction (one z ~ q(z|x))"
+    written.append(_save(workdir / "reconstructions.png", _grid(pairs, 8, 8, side), title))
 
     if model.latent_dim == 2:
         # Kingma & Welling, figure 4: a grid pushed through the inverse Gaussian CDF.
@@ -65,8 +59,8 @@ def write_all(workdir: Path, model, theta, phi, x_test: np.ndarray, key: jax.Arr
         z_1d = jax.scipy.stats.norm.ppf(u)
         z_grid = jnp.stack(jnp.meshgrid(z_1d, z_1d[::-1]), axis=-1).reshape(-1, 2)
         means = np.asarray(model.likelihood(theta, z_grid, phi).mean)
-        _save(workdir / "manifold.png", _grid(means, n, n, side), "learned 2-D manifold")
-        written.append(workdir / "manifold.png")
+        manifold = _grid(means, n, n, side)
+        written.append(_save(workdir / "manifold.png", manifold, "learned 2-D manifold"))
     return written
 
 
@@ -79,16 +73,9 @@ def aggregate_posterior(workdir: Path, moments: dict, prior, kl_per_dim) -> Path
     axes[0].bar(dims, mean, color="tab:blue", label="aggregate posterior")
     axes[1].bar(dims, variance, color="tab:blue", label="aggregate posterior")
     if hasattr(prior, "log_scale") and np.ndim(prior.log_scale) == 1:
-        axes[0].plot(
-            dims, np.broadcast_to(np.asarray(prior.loc), mean.shape), "k_", ms=14, label="prior"
-        )
-        axes[1].plot(
-            dims,
-            np.broadcast_to(np.exp(2 * np.asarray(prior.log_scale)), mean.shape),
-            "k_",
-            ms=14,
-            label="prior",
-        )
+        prior_moments = (np.asarray(prior.loc), np.exp(2 * np.asarray(prior.log_scale)))
+        for ax, value in zip(axes[:2], prior_moments, strict=True):
+            ax.plot(dims, np.broadcast_to(value, mean.shape), "k_", ms=14, label="prior")
     axes[0].set_title("mean E_x[mu(x)]")
     axes[1].set_title("variance E_x[sigma^2] + Var_x[mu]")
     axes[2].bar(dims, np.asarray(kl_per_dim), color="tab:orange")

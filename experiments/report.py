@@ -64,10 +64,6 @@ def collect(run_dir: Path) -> dict | None:
     return results
 
 
-def _mean_std(values: list) -> tuple[float, float]:
-    return (np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0)
-
-
 def results_table(runs: Runs) -> str:
     """The markdown table: one row per arm, mean ± sample std over its seeds."""
     header = "| arm | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |"
@@ -79,9 +75,9 @@ def results_table(runs: Runs) -> str:
             if not values:
                 cells.append("n/a")
                 continue
-            mean, std = _mean_std(values)
-            spread = f" ± {fmt.format(std)}" if len(values) > 1 and std > 0 else ""
-            cells.append(fmt.format(mean) + spread)
+            std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+            spread = f" ± {fmt.format(std)}" if std > 0 else ""
+            cells.append(fmt.format(np.mean(values)) + spread)
         lines.append(f"| {arm} | {len(results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -107,12 +103,10 @@ def curves(runs: Runs):
         length = min(len(c) for c in valid)
         values = np.array([c[:length] for c in valid])
         epochs = results[0]["curve_epochs"][:length]
-        mean = values.mean(axis=0)
-        (line,) = ax.plot(epochs, mean, label=arm)
+        (line,) = ax.plot(epochs, values.mean(axis=0), label=arm)
         if len(values) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation ELBO (nats)")
+    ax.set(xlabel="epoch", ylabel="validation ELBO (nats)")
     title = "learning curves: mean over seeds, band = min..max"
     low, high = ax.get_ylim()
     if low < 10 * min(high, -1.0):
@@ -177,7 +171,7 @@ def figure2(runs: Runs, batch_size: int):
     with its lowest and last values, so no curve disappears unannounced.
     """
     plt = _pyplot()
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     latents = sorted({int(arm.rsplit("_L", 1)[1]) for arm in runs})
     fig, axes = plt.subplots(1, len(latents), figsize=(3.6 * len(latents), 3.8), squeeze=False)
@@ -191,9 +185,7 @@ def figure2(runs: Runs, batch_size: int):
             seen = np.asarray(r["curve_steps"], dtype=float) * batch_size
             name = "AEVB" if method == "elbo" else "wake-sleep"
             for split, style in (("train", "--"), ("valid", "-")):
-                values = np.array(
-                    [np.nan if v is None else v for v in r[f"curve_{split}_elbo"]], dtype=float
-                )
+                values = np.array(r[f"curve_{split}_elbo"], dtype=float)  # None -> nan
                 curves.append((f"{name} ({split})", style, colour, seen, values))
         points = np.concatenate([v for *_, v in curves] or [np.zeros(0)])
         points = points[np.isfinite(points)]
@@ -211,14 +203,9 @@ def figure2(runs: Runs, batch_size: int):
                 where = "all" if kept.max() < low - pad else "partly"
                 off_range.append(f"{label}: {where} below, min {kept.min():.4g}, last {last:.4g}")
         if off_range:  # under the x label, where it hides no curve
+            note = "below the y-range:\n" + "\n".join(off_range)
             ax.text(
-                0.0,
-                -0.22,
-                "below the y-range:\n" + "\n".join(off_range),
-                transform=ax.transAxes,
-                fontsize="x-small",
-                va="top",
-                color="0.25",
+                0.0, -0.22, note, transform=ax.transAxes, fontsize="x-small", va="top", color="0.25"
             )
         seen_all = np.concatenate([c[3] for c in curves]) if curves else np.array([1.0, 10.0])
         seen_all = seen_all[seen_all > 0]
@@ -227,9 +214,7 @@ def figure2(runs: Runs, batch_size: int):
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.set_xticklabels([_count_label(t) for t in ticks])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"N_z = {latent}")
-        ax.set_xlabel("training examples seen")
+        ax.set(title=f"N_z = {latent}", xlabel="training examples seen")
     axes[0, 0].set_ylabel("ELBO per image (nats)")
     axes[0, 0].legend(fontsize="small", loc="upper left")
     fig.tight_layout()
@@ -251,16 +236,6 @@ FIGURES: dict[str, Figure] = {
         lambda runs, config: figure2(runs, int(config.train.batch_size)),
     ),
 }
-
-
-def _finished_runs(grid: str, seeds: int, workdir: Path, arms: list[str]) -> Runs:
-    """Each arm's collected seeds; arms with none yet are left out."""
-    runs = {arm: [collect(workdir / arm / f"seed{s}") for s in range(seeds)] for arm in arms}
-    runs = {arm: [r for r in found if r is not None] for arm, found in runs.items()}
-    runs = {arm: results for arm, results in runs.items() if results}
-    if not runs:
-        raise UserError(f"no finished runs of grid {grid!r} under {workdir}")
-    return runs
 
 
 def results_markdown(
@@ -324,7 +299,11 @@ def write_report(
 ) -> Path:
     """Write ``<workdir>/RESULTS.md`` and the grid's figures from the finished runs
     of ``arms``; RESULTS.md is replaced whole, so a reader never sees half of it."""
-    runs = _finished_runs(grid, seeds, workdir, arms)
+    runs = {arm: [collect(workdir / arm / f"seed{s}") for s in range(seeds)] for arm in arms}
+    runs = {arm: [r for r in found if r is not None] for arm, found in runs.items()}
+    runs = {arm: results for arm, results in runs.items() if results}  # arms with none: left out
+    if not runs:
+        raise UserError(f"no finished runs of grid {grid!r} under {workdir}")
     config = arm_config(grid, next(iter(runs)), 0, variant)
     path = workdir / "RESULTS.md"
     write_text(path, results_markdown(grid, variant, seeds, command, runs, config))

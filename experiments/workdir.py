@@ -101,11 +101,10 @@ def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
     added = sorted(set(flat) - set(stored))
     if added:
         print(f"{workdir}: config keys newer than this run, at defaults: {added}", file=sys.stderr)
-    differing = sorted(
-        k
-        for k in set(stored) | set(flat)
-        if k not in RESUMABLE_CHANGES and k not in added and stored.get(k) != flat.get(k)
-    )
+    # every key but the added ones is in ``stored``
+    differing = [
+        k for k in sorted(stored) if k not in RESUMABLE_CHANGES and stored[k] != flat.get(k)
+    ]
     if differing:
         details = ", ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in differing)
         raise UserError(
@@ -218,15 +217,14 @@ def read_metrics(workdir: Path, completed_epochs: int) -> list[dict]:
         text = path.read_text()
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not text ({error}). {advice}") from error
-    lines = text.split("\n")
-    lines = lines[:-1]  # the text after the last newline: empty, or a torn write
+    lines = text.split("\n")[:-1]  # the text after the last newline: empty, or a torn write
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            epoch = record["epoch"] if isinstance(record, dict) else None
+            epoch = record.get("epoch") if isinstance(record, dict) else None
         except json.JSONDecodeError as error:
             raise UserError(f"{path} line {number} is not JSON ({error}). {advice}") from error
         if not isinstance(epoch, int):
@@ -270,16 +268,14 @@ def _upgrade(raw: dict) -> dict:
     the same arrays, renamed. Any other layout passes through unchanged."""
 
     def rename(node):
-        if isinstance(node, dict):
-            if set(node) == {"mu", "nu", "count"} and all(
-                isinstance(node[m], dict) and set(node[m]) == {"0", "1"} for m in ("mu", "nu")
-            ):
-                return {
-                    **node,
-                    **{m: {"theta": node[m]["0"], "phi": node[m]["1"]} for m in ("mu", "nu")},
-                }
-            return {key: rename(value) for key, value in node.items()}
-        return node
+        if not isinstance(node, dict):
+            return node
+        if set(node) == {"mu", "nu", "count"} and all(
+            isinstance(node[m], dict) and set(node[m]) == {"0", "1"} for m in ("mu", "nu")
+        ):
+            renamed = {m: {"theta": node[m]["0"], "phi": node[m]["1"]} for m in ("mu", "nu")}
+            return {**node, **renamed}
+        return {key: rename(value) for key, value in node.items()}
 
     state = raw.get("state", {})
     if "opt_state" in state and "theta" in state and "phi" in state:

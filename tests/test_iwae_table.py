@@ -35,6 +35,10 @@ def test_add_records_the_run_and_exports_theta_and_phi_only(tmp_path):
     assert num_params(saved) == num_params(model.init(jax.random.key(0)))
     rows = iwae_table.render(table).read_text()
     assert "| VAE, 1 layer | 1 | reparam | 2 of 3280 | 1 |" in rows
+    # a record without epoch timings renders n/a, not a TypeError
+    stored = table / "vae_1l_k1.json"
+    stored.write_text(json.dumps({**json.loads(stored.read_text()), "seconds_per_epoch": None}))
+    assert "| n/a | n/a |" in iwae_table.render(table).read_text()
     # the exported params alone re-score the run: same bits, key and S, same number
     from experiments import evaluate as rescore
 

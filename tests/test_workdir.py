@@ -170,6 +170,13 @@ def _corrupt_metrics(workdir: Path) -> Path:
     return path
 
 
+def _metrics_line_without_epoch(workdir: Path) -> Path:
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + '{"loss": 1.0}' + "\n")
+    return path
+
+
 def _corrupt_config(workdir: Path) -> Path:
     path = workdir / "config.json"
     path.write_text(path.read_text()[:50])
@@ -181,6 +188,7 @@ def _corrupt_config(workdir: Path) -> Path:
     [
         (_truncate_checkpoint, "truncated or corrupt.*Nothing was changed.*delete it"),
         (_corrupt_metrics, "line 2 is not JSON.*Nothing was changed.*delete that line"),
+        (_metrics_line_without_epoch, "line 2 is not an epoch's record.*delete that line"),
         (_corrupt_config, "is damaged.*Nothing was changed: put back a good copy"),
     ],
 )
@@ -192,7 +200,7 @@ def test_a_damaged_file_is_named_with_what_to_do_and_kept(trained, tmp_path, dam
         train_and_evaluate(_config(**{"train.epochs": 3}), workdir)
     assert str(path) in str(refused.value) and "\n" not in str(refused.value)
     assert _files(workdir) == before
-    if damage is not _corrupt_metrics:  # re-scoring reads no metrics
+    if damage not in (_corrupt_metrics, _metrics_line_without_epoch):  # re-scoring reads none
         with pytest.raises(UserError, match=str(path)):
             restore_run(workdir)
 
