@@ -52,3 +52,21 @@ def ppca():
     theta = lg.init_orthogonal_theta(jax.random.key(0), PPCA_D, PPCA_L, noise_scale=0.7)
     x_NxD = jax.random.normal(jax.random.key(1), (8, PPCA_D)) * 1.5
     return model, theta, x_NxD
+
+
+def tied_and_untied(data_dim: int, latent_dim: int, hidden: int, kind: str):
+    """A VAE whose encoder and decoder share one kernel (``tie_weights=kind``), and an
+    untied one from the same key with its two copies of that kernel set equal: one
+    function, two parameterisations, for comparing gradients.
+
+    Returns ``(tied, theta_t, phi_t), (untied, theta_u, phi_u), (decoder_layer,
+    encoder_layer)``."""
+    from vae_jax.models import make_vae
+
+    tied = make_vae(data_dim, latent_dim, (hidden,), tie_weights=kind)
+    untied = make_vae(data_dim, latent_dim, (hidden,))
+    theta_t, phi_t = tied.init(jax.random.key(0))
+    theta_u, phi_u = untied.init(jax.random.key(0))
+    dec, enc = tied.tying.decoder_layer, tied.tying.encoder_layer
+    theta_u["p_x_given_z"][dec]["kernel"] = phi_u["q_z_given_x"][enc]["kernel"].T
+    return (tied, theta_t, phi_t), (untied, theta_u, phi_u), (dec, enc)

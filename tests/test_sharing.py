@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import tied_and_untied
 from vae_jax.models import make_vae, num_params
 from vae_jax.objectives import batch_objective, make_elbo
 from vae_jax.realign import realign
@@ -43,12 +44,7 @@ def test_a_separate_trunk_adds_exactly_one_hidden_layer():
 def test_shared_gradient_is_the_sum_over_its_uses(kind):
     """Tied model vs an untied one whose two copies are held equal: same loss, and the
     stored tensor's gradient = encoder copy's gradient + decoder copy's (transposed)."""
-    tied = make_vae(D, L, (H,), tie_weights=kind)
-    untied = make_vae(D, L, (H,))
-    theta_t, phi_t = tied.init(jax.random.key(0))
-    theta_u, phi_u = untied.init(jax.random.key(0))
-    dec, enc = tied.tying.decoder_layer, tied.tying.encoder_layer
-    theta_u["p_x_given_z"][dec]["kernel"] = phi_u["q_z_given_x"][enc]["kernel"].T  # held equal
+    (tied, theta_t, phi_t), (untied, theta_u, phi_u), (dec, enc) = tied_and_untied(D, L, H, kind)
     x, key = _x(), jax.random.key(1)
 
     def loss_and_grads(model, theta, phi):

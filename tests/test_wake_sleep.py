@@ -6,9 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests.conftest import PPCA_L
+from tests.conftest import PPCA_L, tied_and_untied
 from vae_jax import linear_gaussian as lg
-from vae_jax.models import make_vae
 from vae_jax.wake_sleep import make_wake_sleep
 
 
@@ -69,12 +68,7 @@ def test_a_tied_kernel_gets_the_wake_gradient_of_its_decoder_use(kind):
     """Tied model vs an untied one whose two copies are held equal: the stored tensor's
     gradient = sleep gradient of the encoder copy + wake gradient of the decoder copy."""
     D, L, H, B = 24, 3, 7, 5
-    tied = make_vae(D, L, (H,), tie_weights=kind)
-    untied = make_vae(D, L, (H,))
-    theta_t, phi_t = tied.init(jax.random.key(0))
-    theta_u, phi_u = untied.init(jax.random.key(0))
-    dec, enc = tied.tying.decoder_layer, tied.tying.encoder_layer
-    theta_u["p_x_given_z"][dec]["kernel"] = phi_u["q_z_given_x"][enc]["kernel"].T  # held equal
+    (tied, theta_t, phi_t), (untied, theta_u, phi_u), (dec, enc) = tied_and_untied(D, L, H, kind)
     x_BxD = (jax.random.uniform(jax.random.key(9), (B, D)) < 0.4).astype(jnp.float32)
     keys = jax.random.split(jax.random.key(1), B)
 
