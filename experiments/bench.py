@@ -35,6 +35,7 @@ runs it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -205,9 +206,8 @@ class Served:
         return self._reply()["seconds"]
 
     def close(self):
-        if self.proc.stdin and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # closing it again is a no-op
+            self.proc.stdin.close()
         self.proc.wait()
         self.proc.stdout.close()
 
@@ -234,8 +234,7 @@ class TorchEpoch(Served):
 
     def close(self):
         super().close()
-        if os.path.exists(self.tmp.name):
-            os.unlink(self.tmp.name)
+        Path(self.tmp.name).unlink(missing_ok=True)
 
 
 def bench_is(x_test_bits, sizes: Sizes) -> dict:
@@ -245,14 +244,10 @@ def bench_is(x_test_bits, sizes: Sizes) -> dict:
     batch_size = sizes.is_batch_size
     x0, i0 = jnp.asarray(x_test_bits[:batch_size]), jnp.arange(batch_size)
 
-    compiled = {}
-
+    @functools.cache  # one compile per sample count (IS-S is one of the compared ones)
     def compile_for(k):
-        if k not in compiled:
-            log_p_x_fn = make_log_p_x(model, k, sizes.is_chunk_size)
-            args = (key, theta, phi, x0, i0)
-            compiled[k] = compile_jit(log_p_x_fn, args, sizes.compiler_options)
-        return compiled[k]
+        log_p_x_fn = make_log_p_x(model, k, sizes.is_chunk_size)
+        return compile_jit(log_p_x_fn, (key, theta, phi, x0, i0), sizes.compiler_options)
 
     start = time.perf_counter()
     fn = compile_for(sizes.is_num_samples)
@@ -275,7 +270,7 @@ def bench_is(x_test_bits, sizes: Sizes) -> dict:
     }
 
 
-# 4. The IWAE table's cells, the A/B of the full schedule's epoch, the VampPrior.
+# 3. The IWAE table's cells, the A/B of the full schedule's epoch, the VampPrior.
 # Each case trains with experiments.factory.build, the code `make run` uses.
 AB_BASE = "1layer_k1"  # the full schedule's epoch: iwae_1layer.py, batch 20, 50k images
 AB_CASES = {
@@ -308,12 +303,20 @@ PRIOR_CASES = {
 }
 
 
-def case_config(overrides: dict, base: str):
+def case_config(overrides: dict, base: str, smoke: bool):
+    """A case's config; ``smoke``: toy sizes, every code path in seconds (in this
+    process and in a :class:`ChildEpoch` alike)."""
     overrides = dict(overrides)
     two_layers = overrides.pop("2layer", False)
     module = {"default": default, "iwae": iwae_2layer if two_layers else iwae_1layer}[base]
     config = module.get_config()
     config.update_from_flattened_dict(overrides)
+    if smoke:
+        config.model.hidden_sizes, config.model.latent_dim = (8,), 4
+        config.model.top_latent_dim = 3 if config.model.top_latent_dim else 0
+        config.model.top_hidden_sizes = (8,)
+        config.model.prior_components = min(int(config.model.prior_components), 5)
+        config.objective.num_samples = min(int(config.objective.num_samples), 3)
     return config
 
 
@@ -323,19 +326,10 @@ def bench_cases(x_train: np.ndarray, rounds: int, sizes: Sizes) -> dict:
     smoke = sizes.train_images is not None
 
     def epochs(cases, base, x):
-        built = {}
-        for name, overrides in cases.items():
-            config = case_config(overrides, base)
-            if smoke:  # toy sizes: every code path, in seconds
-                config.model.hidden_sizes, config.model.latent_dim = (8,), 4
-                config.model.top_latent_dim, config.model.top_hidden_sizes = (
-                    (3 if config.model.top_latent_dim else 0),
-                    (8,),
-                )
-                config.model.prior_components = min(int(config.model.prior_components), 5)
-                config.objective.num_samples = min(int(config.objective.num_samples), 3)
-            built[name] = config_epoch(config, x, options)
-        return built
+        return {
+            name: config_epoch(case_config(overrides, base, smoke), x, options)
+            for name, overrides in cases.items()
+        }
 
     ab_cases, cell_cases = AB_CASES, CELL_CASES
     if smoke:  # one case per code path: compiling is most of a smoke run
@@ -380,7 +374,6 @@ class ChildEpoch(Served):
         flags = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
         env = {**os.environ, "XLA_FLAGS": flags}
         super().__init__([*argv, *(["--smoke"] if smoke else [])], cwd=ROOT, env=env)
-        self.compile_seconds = self.info["compile_seconds"]
 
 
 def serve_case(case: str, smoke: bool) -> None:
@@ -388,7 +381,8 @@ def serve_case(case: str, smoke: bool) -> None:
     on request (a line ``epoch`` on stdin), each answer one JSON line on stdout."""
     sizes = SMOKE if smoke else FULL
     x_train = _train_images(sizes, smoke)
-    epoch = config_epoch(case_config(AB_CASES[case], "iwae"), x_train, sizes.compiler_options)
+    config = case_config(AB_CASES[case], "iwae", smoke)  # the parent's case, same sizes
+    epoch = config_epoch(config, x_train, sizes.compiler_options)
     print(json.dumps({"compile_seconds": epoch.compile_seconds}), flush=True)
     for line in sys.stdin:
         if line.strip() == "epoch":
@@ -452,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
         x_test = np.random.default_rng(1).random((SMOKE_TEST_IMAGES, 784), dtype=np.float32)
     else:
         x_test = load_mnist().test[: args.is_examples]
-    n_train = x_train.shape[0]
+    n_train, options = x_train.shape[0], sizes.compiler_options
     report = {
         "smoke": args.smoke,
         "jax_version": jax.__version__,
@@ -460,13 +454,10 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "rounds": args.rounds,
         "train_images": n_train,
+        "matmul_peak_gflops": matmul_peak_gflops(args.rounds, sizes.matmul_n, options),
     }
-    report["matmul_peak_gflops"] = matmul_peak_gflops(
-        args.rounds, sizes.matmul_n, sizes.compiler_options
-    )
 
     # 1. vae_jax vs PyTorch, same model, same data (grey values, as examples/vae), interleaved.
-    options = sizes.compiler_options
     jax_epoch = mlp_epoch(x_train, (400,), 20, "relu", 128, False, options)
     report["train_compile_seconds"] = jax_epoch.compile_seconds
     torch_epoch = None if python is None else TorchEpoch(python, x_train)
@@ -491,28 +482,24 @@ def main(argv: list[str] | None = None) -> dict:
     layers = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
     macs = sum(a * b for a, b in layers)
     flops = 6 * macs * n_train  # forward 2, backward 4 FLOPs per multiply-accumulate
+    gflops = flops / iwae_seconds / 1e9
     report["iwae_arch_b100_epoch_seconds"] = iwae_seconds
-    report["iwae_arch_b100_gflops"] = flops / iwae_seconds / 1e9
-    report["iwae_arch_fraction_of_peak"] = (
-        report["iwae_arch_b100_gflops"] / report["matmul_peak_gflops"]
-    )
+    report["iwae_arch_b100_gflops"] = gflops
+    report["iwae_arch_fraction_of_peak"] = gflops / report["matmul_peak_gflops"]
 
-    # 4. The full schedule's epoch (iwae_1layer.py, batch 20, 50k images): its random
+    # 3. The full schedule's epoch (iwae_1layer.py, batch 20, 50k images): its random
     # generators A/B, interleaved; the table's cells; the VampPrior against N(0, I).
     report.update(bench_cases(x_train, args.rounds, sizes))
 
-    # 3. IS log p(x) over the test set (IS-5000 unless --smoke).
+    # 4. IS log p(x) over the test set (IS-5000 unless --smoke).
     report.update(bench_is(binarize_once(0, x_test), sizes))
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     write_json(out, report)
     width = max(map(len, report))
     for name, value in report.items():
-        print(
-            f"{name:<{width}}  {value:.3f}"
-            if isinstance(value, float)
-            else f"{name:<{width}}  {value}"
-        )
+        text = f"{value:.3f}" if isinstance(value, float) else value
+        print(f"{name:<{width}}  {text}")
     print(f"written to {out}")
     return report
 

