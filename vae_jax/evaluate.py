@@ -16,6 +16,7 @@ padded to one fixed shape: each evaluator compiles once.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -126,9 +127,8 @@ def make_log_p_x(
 
     def batch(key, theta, phi, x_BxD, index_B):
         x_BxD = constrain_batch(x_BxD, batch_sharding)
-        return jax.vmap(log_p_x, in_axes=(0, None, phi_axis(phi), 0))(
-            _per_example_keys(stream_key(key, Stream.LOG_P_X), index_B), theta, phi, x_BxD
-        )
+        keys_B = _per_example_keys(stream_key(key, Stream.LOG_P_X), index_B)
+        return jax.vmap(log_p_x, in_axes=(0, None, phi_axis(phi), 0))(keys_B, theta, phi, x_BxD)
 
     return batch
 
@@ -163,7 +163,7 @@ def make_mixture_log_p_x(
     counts = (num_samples - num_samples // 2, num_samples // 2)  # (S_phi, S_star)
     log_a, log_1_minus_a = (math.log(n / num_samples) if n else -math.inf for n in counts)
 
-    def log_p_x(example_key, theta, phi, phi_star, x):
+    def log_p_x(key, theta, phi, phi_star, x):
         q_phi, q_star = model.posterior(phi, x), model.posterior(phi_star, x)
         p_z = model.prior(theta, phi)
 
@@ -177,10 +177,7 @@ def make_mixture_log_p_x(
 
         totals = [
             chunked_logsumexp(
-                lambda chunk_key, size, q=q: log_weights(q, chunk_key, size),
-                jax.random.fold_in(example_key, which),
-                n,
-                chunk_size,
+                functools.partial(log_weights, q), jax.random.fold_in(key, which), n, chunk_size
             )
             for which, (q, n) in enumerate(zip((q_phi, q_star), counts, strict=True))
         ]
@@ -375,61 +372,47 @@ def evaluate(
     """
     bar = progress or (lambda description: None)
     t0 = time.perf_counter()
+    n = x_NxD.shape[0]
     phi_scored = phi
     if phi_axis(phi) == 0:
         fit = jax.jit(make_fit_local(model, int(local_fit_steps), local_learning_rate, 8))
-        start = prior_phi(model, theta, x_NxD.shape[0])
+        fit_key = stream_key(key, Stream.FIT_LOCAL)
+        start = prior_phi(model, theta, n)
         phi_scored, _ = fit_local_in_batches(
-            fit,
-            stream_key(key, Stream.FIT_LOCAL),
-            theta,
-            start,
-            x_NxD,
-            batch_size,
-            bar("fit q(z) on test"),
+            fit, fit_key, theta, start, x_NxD, batch_size, bar("fit q(z) on test")
         )
     terms = map_dataset(jax.jit(make_elbo_terms(model)), key, theta, phi_scored, x_NxD, batch_size)
     num_samples = int(num_importance_samples)
-    log_p_x_fn = jax.jit(
-        make_log_p_x(model, num_samples, int(chunk_size), batch_sharding=batch_sharding)
-    )
+    log_p_x_fn = jax.jit(make_log_p_x(model, num_samples, chunk_size, batch_sharding))
     is_start = time.perf_counter()
     log_p_x = map_dataset(
         log_p_x_fn, key, theta, phi_scored, x_NxD, int(is_batch_size), bar(f"IS-{num_samples}")
     )
     is_seconds = time.perf_counter() - is_start
-    kl_per_dim = np.mean(terms["kl_per_dim"], axis=0)
     # The aggregate posterior's moments and KL are those of one Gaussian layer of
     # latents; a chain of stochastic layers reports its active units per layer only.
-    one_layer = not hasattr(model, "latent_sizes")
     moments = {"mean": None, "variance": None, "kl_moment_matched_to_standard_normal": None}
-    if one_layer:
-        moments = aggregate_posterior_moments(
-            jax.jit(make_posterior_moment_sums(model)), phi_scored, x_NxD, batch_size
-        )
     aggregate_kl = None
-    if one_layer and phi_axis(phi) is None:
-        estimates = jax.jit(make_aggregate_kl(model, num_aggregate_z))(
-            key, theta, phi, jnp.asarray(x_NxD)
-        )
-        aggregate_kl = aggregate_kl_record(
-            estimates, x_NxD.shape[0], num_aggregate_z, "test images"
-        )
+    if not hasattr(model, "latent_sizes"):
+        sums_fn = jax.jit(make_posterior_moment_sums(model))
+        moments = aggregate_posterior_moments(sums_fn, phi_scored, x_NxD, batch_size)
+        if phi_axis(phi) is None:
+            kl_fn = jax.jit(make_aggregate_kl(model, num_aggregate_z))
+            estimates = kl_fn(key, theta, phi, jnp.asarray(x_NxD))
+            aggregate_kl = aggregate_kl_record(estimates, n, num_aggregate_z, "test images")
+    layer_ends = np.cumsum(getattr(model, "latent_sizes", [0]))[:-1]  # where a chain's z_i end
     scores = {
         "test_nll": float(-np.mean(log_p_x)),
         "num_importance_samples": num_samples,
-        "test_examples": int(x_NxD.shape[0]),
+        "test_examples": n,
         "test_elbo": float(np.mean(terms["elbo"])),
         "test_kl": float(np.mean(terms["kl"])),
         "test_reconstruction": float(np.mean(terms["reconstruction"])),
         "active_units": active_units(terms["posterior_mean"]),
         "active_units_per_layer": [
-            active_units(block)
-            for block in np.split(
-                terms["posterior_mean"], np.cumsum(getattr(model, "latent_sizes", [0]))[:-1], 1
-            )
+            active_units(block) for block in np.split(terms["posterior_mean"], layer_ends, 1)
         ],
-        "kl_per_dim": [float(v) for v in kl_per_dim],
+        "kl_per_dim": [float(v) for v in np.mean(terms["kl_per_dim"], axis=0)],
         # <q(z|x)>_test: per-dim mean and variance (law of total variance), and the
         # KL from the moment-matched Gaussian to N(0, I) (0 = moments match the prior)
         "aggregate_posterior_mean": _floats(moments["mean"]),

@@ -31,7 +31,7 @@ class LatentVariableModel(NamedTuple):
     """Components of p_theta(z), p_theta(x|z) and q_phi(z|x).
 
     Attributes:
-      p_z: ``init(key) -> theta["p_z"]``, ``apply(theta["p_z"]) -> distribution``.
+      p_z: ``init(key) -> theta["p_z"]``, ``apply(theta["p_z"], phi) -> distribution``.
       p_x_given_z: ``apply(theta["p_x_given_z"], z_L) -> distribution over x``.
       q_z_given_x: ``apply(phi["q_z_given_x"], x_D) -> distribution over z``.
       data_dim: D. latent_dim: L.
@@ -313,34 +313,29 @@ class ChainModel(NamedTuple):
     def latent_dim(self) -> int:
         return sum(self.latent_sizes)
 
-    def _names(self):
-        k = len(self.latent_sizes)
-        p_names = [f"p_z{i}_given_z{i + 1}" for i in range(1, k)]
-        q_names = [f"q_z{i + 1}_given_z{i}" for i in range(1, k)]
-        return k, p_names, q_names
+    def _links(self) -> tuple[list, list]:
+        """(name, component) of theta's p(z_i | z_{i+1}) and of phi's q(z_{i+1} | z_i), i < k."""
+        pairs = range(1, len(self.latent_sizes))
+        p = zip([f"p_z{i}_given_z{i + 1}" for i in pairs], self.p_z_given_above, strict=True)
+        q = zip([f"q_z{i + 1}_given_z{i}" for i in pairs], self.q_z_given_below, strict=True)
+        return list(p), list(q)
 
     def init(self, key: jax.Array) -> tuple[Theta, Phi]:
-        k, p_names, q_names = self._names()
+        p_links, q_links = self._links()
+        k = len(self.latent_sizes)
         keys = iter(jax.random.split(key, 2 * k))
         theta = {f"p_z{k}": {}}
-        theta.update(
-            {n: c.init(next(keys)) for n, c in zip(p_names, self.p_z_given_above, strict=True)}
-        )
+        theta.update({n: c.init(next(keys)) for n, c in p_links})
         theta["p_x_given_z1"] = self.p_x_given_z1.init(next(keys))
         phi = {"q_z1_given_x": self.q_z1_given_x.init(next(keys))}
-        phi.update(
-            {n: c.init(next(keys)) for n, c in zip(q_names, self.q_z_given_below, strict=True)}
-        )
+        phi.update({n: c.init(next(keys)) for n, c in q_links})
         return theta, phi
 
     def prior(self, theta: Theta, phi: Phi) -> Chain:
         """p(z_k) p(z_{k-1} | z_k) ... p(z_1 | z_2), sampled from the top."""
         del phi  # no part of this prior is the encoder's
-        k, p_names, _ = self._names()
-        links = tuple(
-            functools.partial(c.apply, theta[n])
-            for n, c in reversed(list(zip(p_names, self.p_z_given_above, strict=True)))
-        )
+        p_links, _ = self._links()
+        links = tuple(functools.partial(c.apply, theta[n]) for n, c in reversed(p_links))
         sizes = self.latent_sizes[::-1]
         return Chain(StandardNormal(sizes[0]), links, sizes, reverse=True)
 
@@ -358,12 +353,9 @@ class ChainModel(NamedTuple):
             )
         if not is_amortised(phi):
             raise ValueError("a chain of stochastic layers needs an amortised encoder phi")
-        _, _, q_names = self._names()
+        _, q_links = self._links()
         root = self.q_z1_given_x.apply(phi["q_z1_given_x"], x)
-        links = tuple(
-            functools.partial(c.apply, phi[n])
-            for n, c in zip(q_names, self.q_z_given_below, strict=True)
-        )
+        links = tuple(functools.partial(c.apply, phi[n]) for n, c in q_links)
         return Chain(root, links, self.latent_sizes)
 
 
@@ -386,21 +378,19 @@ def make_chain_vae(
             f"a chain needs >= 2 latent layers and one hidden_sizes tuple per layer; got "
             f"latent_sizes={latent_sizes}, hidden_sizes={hidden_sizes}"
         )
-    below = (data_dim, *latent_sizes[:-1])
+    # (L_i, L_{i+1}, the widths between z_i and z_{i+1}), i = 1..k-1
+    between = list(zip(latent_sizes[:-1], latent_sizes[1:], hidden_sizes[1:], strict=True))
     return ChainModel(
         p_z_given_above=tuple(
-            make_gaussian_mlp(
-                latent_sizes[i + 1], latent_sizes[i], hidden_sizes[i + 1][::-1], activation
-            )
-            for i in range(len(latent_sizes) - 1)
+            make_gaussian_mlp(above, below, widths[::-1], activation)
+            for below, above, widths in between
         ),
         p_x_given_z1=make_bernoulli_mlp(
             latent_sizes[0], data_dim, hidden_sizes[0][::-1], activation
         ),
         q_z1_given_x=make_gaussian_mlp(data_dim, latent_sizes[0], hidden_sizes[0], activation),
         q_z_given_below=tuple(
-            make_gaussian_mlp(below[i + 1], latent_sizes[i + 1], hidden_sizes[i + 1], activation)
-            for i in range(len(latent_sizes) - 1)
+            make_gaussian_mlp(below, above, widths, activation) for below, above, widths in between
         ),
         data_dim=data_dim,
         latent_sizes=latent_sizes,
