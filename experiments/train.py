@@ -95,7 +95,7 @@ def train_and_evaluate(
     if completed:
         print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
     eval_key = jax.random.key(int(config.eval.seed))
-    _, x_valid, x_test = wd.eval_splits(workdir, config, splits)
+    x_valid, x_test = wd.eval_splits(workdir, config, splits)
     state = parallel.replicate(state, mesh)
     wd.start_metrics(workdir, history)
 

@@ -170,18 +170,15 @@ def fixed_bits(workdir: Path, name: str, x: np.ndarray, seed: int) -> np.ndarray
 
 
 def eval_splits(workdir: Path, config: ml_collections.ConfigDict, splits):
-    """(x_train, x_valid, x_test) as the run sees them: dynamic binarisation keeps the
-    training intensities (bits are drawn at every step); valid and test are binarised
-    once, with seeds of their own, so every model of this config meets the same bits."""
-    binarization = config.data.binarization
-    if binarization == "none":
-        return splits.train, splits.valid, splits.test
+    """(x_valid, x_test) as the run scores them: binarised once, with seeds of their
+    own, so every model of this config meets the same bits. A static binarisation's
+    training bits (``train_set``) are saved beside them, as a record."""
+    if config.data.binarization == "none":
+        return splits.valid, splits.test
     seed = int(config.data.binarization_seed)
-    x_train = splits.train
-    if binarization == "static":
-        x_train = fixed_bits(workdir, "train", splits.train, seed)
-    x_valid = fixed_bits(workdir, "valid", splits.valid, seed + 1)
-    return x_train, x_valid, test_bits(workdir, config, splits)
+    if config.data.binarization == "static":
+        fixed_bits(workdir, "train", splits.train, seed)
+    return fixed_bits(workdir, "valid", splits.valid, seed + 1), test_bits(workdir, config, splits)
 
 
 def train_set(config: ml_collections.ConfigDict, splits) -> np.ndarray:

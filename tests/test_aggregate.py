@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vae_jax import linear_gaussian as lg
 from vae_jax.evaluate import aggregate_posterior_moments, make_posterior_moment_sums
@@ -193,3 +194,11 @@ def test_the_aggregate_kl_script_reports_each_n_and_refuses_bad_ones(tmp_path):
     for bad, message in (("0,10", "every N must be >= 1"), ("ten", "comma-separated integers")):
         with pytest.raises(UserError, match=message):
             aggregate_kl.main([*argv, "--num-images", bad])
+
+
+def test_no_images_is_refused_by_name():
+    model = lg.make_linear_gaussian(D, L)
+    phi = lg.exact_posterior_phi(lg.init_orthogonal_theta(jax.random.key(0), D, L, 0.6))
+    sums = make_posterior_moment_sums(model)
+    with pytest.raises(ValueError, match=r"at least one image; x has shape \(0, 10\)"):
+        aggregate_posterior_moments(sums, phi, np.zeros((0, D), np.float32))

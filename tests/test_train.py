@@ -297,12 +297,13 @@ def test_workdir_of_a_different_config_is_refused(tmp_path):
 
 
 def test_unknown_options_are_refused_by_name():
-    model = factory.build_model(_smoke_config(), 784)
-    with pytest.raises(ValueError, match="unknown objective 'vimco'"):
-        factory.build_objective(_smoke_config(objective__name="vimco"), model)
-    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
-        factory.build_optimizer(_smoke_config(optimizer__name="sgd"), 10)
-    with pytest.raises(ValueError, match="unknown binarization"):
+    # factory.build and load_data check the whole config first, as experiments.main does
+    x = np.zeros((8, 784), np.float32)
+    with pytest.raises(ValueError, match="objective.name='vimco' is not an option"):
+        factory.build(_smoke_config(objective__name="vimco"), x)
+    with pytest.raises(ValueError, match="optimizer.name='sgd' is not an option"):
+        factory.build(_smoke_config(optimizer__name="sgd"), x)
+    with pytest.raises(ValueError, match="data.binarization='otsu' is not an option"):
         factory.load_data(_smoke_config(data__binarization="otsu"))
     with pytest.raises(ValueError, match="needs binary data"):
         factory.load_data(_smoke_config(data__binarization="none"))

@@ -229,6 +229,10 @@ def aggregate_posterior_moments(
     aggregate posterior's first two moments match the standard prior's.
     """
     n = x_NxD.shape[0]
+    if n == 0:
+        raise ValueError(
+            f"aggregate posterior moments need at least one image; x has shape {x_NxD.shape}"
+        )
     totals = None
     for b in padded_batches(n, batch_size):
         out = sums_fn(take_rows(phi, b.rows), jnp.asarray(x_NxD[b.rows]), jnp.asarray(b.index < n))
