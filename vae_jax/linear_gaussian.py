@@ -218,11 +218,8 @@ def init_chain_theta(key: jax.Array, data_dim: int, latent_dim: int, noise_scale
 def _chain_parts(theta: Theta):
     z1 = theta["p_z1_given_z2"]
     x = theta["p_x_given_z1"]
-    alpha_L, a_L, s1_sq = (
-        jnp.diag(z1["loc"]["kernel"]),
-        z1["loc"]["bias"],
-        jnp.exp(2 * z1["log_scale"]),
-    )
+    alpha_L, a_L = jnp.diag(z1["loc"]["kernel"]), z1["loc"]["bias"]
+    s1_sq = jnp.exp(2 * z1["log_scale"])
     w_DxL, b_D, s0_sq = x["loc"]["kernel"].T, x["loc"]["bias"], jnp.exp(2 * x["log_scale"][0])
     return alpha_L, a_L, s1_sq, w_DxL, b_D, s0_sq
 

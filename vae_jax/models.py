@@ -307,7 +307,6 @@ class ChainModel(NamedTuple):
     q_z_given_below: tuple  # Components q(z_{i+1} | z_i), i = 1..k-1
     data_dim: int
     latent_sizes: tuple[int, ...]  # (L_1, ..., L_k)
-    tying: None = None
 
     @property
     def latent_dim(self) -> int:

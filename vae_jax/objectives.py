@@ -95,11 +95,11 @@ def log_importance_weights(
 ) -> jax.Array:
     """log w_s = log p(x, z_s) - log q(z_s | x), z_s ~ q(z|x); shape [S]."""
     q_z = model.posterior(phi, x)
-    return _log_weights(key, model, theta, phi, q_z, x, num_samples)
+    return _log_weights(model, theta, phi, q_z, x, q_z.sample(key, (num_samples,)))
 
 
-def _log_weights(key, model, theta, phi, q_z, x, num_samples):
-    z_SxL = q_z.sample(key, (num_samples,))
+def _log_weights(model, theta, phi, q_z, x, z_SxL):
+    """log w_s = log p(x, z_s) - log q_z(z_s) at the given draws z_s."""
     log_joint_S = model.prior(theta, phi).log_prob(z_SxL) + model.likelihood(
         theta, z_SxL, phi
     ).log_prob(x)
@@ -147,18 +147,15 @@ def make_iwae_bound(
 
     def iwae_bound(key: jax.Array, theta: Theta, phi: Phi, x: jax.Array) -> tuple[jax.Array, dict]:
         q_z = model.posterior(phi, x)
+        z_SxL = q_z.sample(key, (num_samples,))
         if gradient == "reparam":
-            log_w_S = _log_weights(key, model, theta, phi, q_z, x, num_samples)
+            log_w_S = _log_weights(model, theta, phi, q_z, x, z_SxL)
             bound = jax.nn.logsumexp(log_w_S) - log_k
             return bound, {"iwae_bound": bound, "elbo": jnp.mean(log_w_S)}
-        z_SxL = q_z.sample(key, (num_samples,))
         q_stopped = model.posterior(stop(phi), x)  # its parameters fixed, z still a path
 
         def log_w(theta, phi, z_SxL):  # phi here: where p reads it (VampPrior, tied kernel)
-            log_joint_S = model.prior(theta, phi).log_prob(z_SxL) + model.likelihood(
-                theta, z_SxL, phi
-            ).log_prob(x)
-            return log_joint_S - q_stopped.log_prob(z_SxL)
+            return _log_weights(model, theta, phi, q_stopped, x, z_SxL)
 
         if gradient == "stl":
             log_w_S = log_w(theta, phi, z_SxL)
@@ -233,7 +230,7 @@ def make_log_marginal_likelihood(
         q_z = model.posterior(phi, x)  # the encoder runs once, not once per chunk
 
         def log_w_fn(chunk_key, size):
-            return _log_weights(chunk_key, model, theta, phi, q_z, x, size)
+            return _log_weights(model, theta, phi, q_z, x, q_z.sample(chunk_key, (size,)))
 
         return chunked_logsumexp(log_w_fn, key, num_samples, chunk_size) - math.log(num_samples)
 
