@@ -68,26 +68,22 @@ def measure(
     ``elbo_q_semi``, ``elbo_q_star``, and the fit's ELBO trace ``trace_TxN``.
     """
     amortised = jax.tree_util.tree_map(np.asarray, encoder_outputs(model, phi, x))
-    fit_semi = jax.jit(make_fit_local(model, semi_steps, learning_rate, num_samples=8))
-    fit_star = jax.jit(make_fit_local(model, fit_steps, learning_rate, num_samples=8))
-    semi, _ = fit_local_in_batches(
-        fit_semi,
-        stream_key(eval_key, Stream.FIT_SEMI_AMORTISED),
-        theta,
-        amortised,
-        x,
-        batch_size,
-        progress_bar(f"semi-amortised ({semi_steps} steps)"),
-    )
-    star, trace = fit_local_in_batches(
-        fit_star,
-        stream_key(eval_key, Stream.FIT_OPTIMAL),
-        theta,
-        amortised,
-        x,
-        batch_size,
-        progress_bar(f"q* ({fit_steps} steps)"),
-    )
+
+    def fit(steps: int, stream: Stream, description: str):
+        """fit_local for ``steps`` steps from the encoder's outputs, on its own key stream."""
+        fit_fn = jax.jit(make_fit_local(model, steps, learning_rate, num_samples=8))
+        return fit_local_in_batches(
+            fit_fn,
+            stream_key(eval_key, stream),
+            theta,
+            amortised,
+            x,
+            batch_size,
+            progress_bar(description),
+        )
+
+    semi, _ = fit(semi_steps, Stream.FIT_SEMI_AMORTISED, f"semi-amortised ({semi_steps} steps)")
+    star, trace = fit(fit_steps, Stream.FIT_OPTIMAL, f"q* ({fit_steps} steps)")
     elbo_terms = jax.jit(make_elbo_terms(model, num_samples=100))
     # The same key for the three q's on purpose: their differences carry less noise.
     elbo = {

@@ -184,10 +184,7 @@ def make_per_datapoint_step(
             "theta": theta_opt,
             "phi": {"q_z": set_rows(state.opt_state["phi"]["q_z"], index_B, local_B)},
         }
-        return TrainState(state.step + 1, theta, phi, opt_state), {
-            "loss": loss,
-            "beta": beta,
-            **aux,
-        }
+        new_state = TrainState(state.step + 1, theta, phi, opt_state)
+        return new_state, {"loss": loss, "beta": beta, **aux}
 
     return step_fn

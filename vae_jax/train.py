@@ -92,12 +92,12 @@ def make_amortised_step(
       kl_weight: a KL warm-up schedule (:func:`kl_warmup`), ELBO objectives only;
         ``metrics["beta"]`` is the weight this step trained with.
     """
-    loss_fn = batch_objective(objective_fn)
 
     def step_fn(key, state: TrainState, x_BxD: jax.Array, index_B: jax.Array):
         del index_B  # an encoder is shared by every example
         beta = jnp.ones(()) if kl_weight is None else kl_weight(state.step)
-        loss = loss_fn if kl_weight is None else batch_objective(with_kl_weight(objective_fn, beta))
+        objective = objective_fn if kl_weight is None else with_kl_weight(objective_fn, beta)
+        loss = batch_objective(objective)
 
         def minus_objective(tree):
             return loss(key, tree["theta"], tree["phi"], x_BxD)
