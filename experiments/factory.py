@@ -398,7 +398,9 @@ def train_key(config: ml_collections.ConfigDict) -> jax.Array:
 def build(config: ml_collections.ConfigDict, x_train: np.ndarray) -> Run:
     """Model, step function and a fresh state for ``config``, training on ``x_train``.
 
-    A new inference scheme is a step function (``vae_jax.train``) and one line here.
+    A new inference scheme is a step function (``vae_jax.train``) and a branch here
+    that sets ``step_fn`` (and ``state``, if it keeps optimiser state of its own),
+    with its name in ``INFERENCE`` and any numeric key in ``RANGES`` (README, Layout).
     ``x_train`` is the training set as the epoch sees it (intensities for dynamic
     binarisation, the fixed bits for static); only adjustments read its rows.
     """
