@@ -37,10 +37,18 @@ def _define(values: flags.FlagValues) -> None:
     cli.flag(values, "num-samples", 5000, "importance samples S per test image", lower_bound=1)
     cli.flag(values, "plots", False, "redraw the PNG figures too")
     cli.flag(values, "out", None, "with --params: the JSON to write (default runs/rescore/...)")
+    cli.flag(
+        values,
+        "intensity",
+        "",
+        "with --params: score on MNIST at this scale (k255 or k256) instead of the one the "
+        "cell trained on; the test bits come from the same key, so the two scores are paired",
+    )
 
 
-def restore_params(path: Path):
-    """(config, model, state with theta and phi, passes, splits) of a table cell's file."""
+def restore_params(path: Path, intensity: str = ""):
+    """(config, model, state with theta and phi, passes, splits) of a table cell's file;
+    ``intensity``, if given, replaces the MNIST scale the cell was trained on."""
     record_path = path.with_suffix(".json")
     if path.suffix != ".msgpack" or not path.exists() or not record_path.exists():
         raise cli.UserError(
@@ -49,6 +57,8 @@ def restore_params(path: Path):
         )
     record = json.loads(record_path.read_text())
     config = config_from_record(record["config"])
+    if intensity:
+        config.data.intensity = intensity
     splits = factory.load_data(config)
     model = factory.build_model(config, splits.test.shape[1])
     theta, phi = model.init(jax.random.key(0))
@@ -64,6 +74,8 @@ def main(argv=None):
     args = cli.parse(argv, _define, __doc__)
     if (args.workdir is None) == (args.params is None):
         raise cli.UserError("give one of --workdir (a run) or --params (a table cell's file)")
+    if args.intensity and args.params is None:
+        raise cli.UserError("--intensity re-scores a table cell: use it with --params")
     start = time.time()
     if args.workdir is not None:
         workdir = Path(args.workdir)
@@ -72,7 +84,7 @@ def main(argv=None):
         out = workdir / f"rescore_is{args.num_samples}.json"
     else:
         params = Path(args.params)
-        config, model, state, epochs, splits = restore_params(params)
+        config, model, state, epochs, splits = restore_params(params, args.intensity)
         x_test = splits.test
         if config.data.binarization != "none":  # as workdir.test_bits draws them
             x_test = binarize_once(int(config.data.binarization_seed) + 2, splits.test)
@@ -85,7 +97,12 @@ def main(argv=None):
         )
     eval_key = jax.random.key(int(config.eval.seed))
     results = evaluate(config, model, state, x_test, eval_key, workdir, args.num_samples)
-    results.update({"epochs": epochs, "seconds_per_epoch": None, "wall_s": time.time() - start})
+    results.update(
+        data=factory.data_protocol(config),
+        epochs=epochs,
+        seconds_per_epoch=None,
+        wall_s=time.time() - start,
+    )
     write_json(out, results)
     print(summary_table(results, workdir).replace(f"{workdir}/results.json", str(out)))
     return results

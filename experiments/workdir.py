@@ -41,6 +41,9 @@ RESULTS = "results.json"
 BEFORE_FIRST_EPOCH = ("train_bits.npy", "valid_bits.npy", "test_bits.npy", METRICS)
 # Keys that may differ between the run in a workdir and the command resuming it.
 RESUMABLE_CHANGES = ("train.epochs", "eval.plots")
+# Keys whose default changed after runs had been recorded without them: a record
+# that lacks one ran at this value (every other missing key: today's base default).
+BEFORE_KEY_EXISTED = {"data.intensity": "k256"}
 
 
 def write_text(path: Path, text: str) -> None:
@@ -96,12 +99,13 @@ def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
         )
     stored = flatten_dict(stored, sep=".")
     flat = flatten_dict(json.loads(config.to_json()), sep=".")
-    # Keys added to the configs after a run was started did not exist for it;
-    # each new key defaults to the behaviour from before it existed.
+    # Keys added to the configs after a run was started did not exist for it; the
+    # run had the behaviour from before each existed, and resuming must keep it.
     added = sorted(set(flat) - set(stored))
     if added:
         print(f"{workdir}: config keys newer than this run, at defaults: {added}", file=sys.stderr)
-    # every key but the added ones is in ``stored``
+        stored.update(flatten_dict(json.loads(config_from_record({}).to_json()), sep="."))
+        stored.update(flatten_dict(read_config_record(workdir), sep="."))
     differing = [
         k for k in sorted(stored) if k not in RESUMABLE_CHANGES and stored[k] != flat.get(k)
     ]
@@ -138,8 +142,12 @@ def stored_config(workdir: Path) -> ml_collections.ConfigDict:
 
 
 def config_from_record(record: dict) -> ml_collections.ConfigDict:
-    """A config.json (or a run's recorded config) over today's defaults."""
+    """A config.json (or a run's recorded config) over today's defaults, or over the
+    value a key had before it existed where that differs (``BEFORE_KEY_EXISTED``)."""
     config = base_config()
+    for key, value in BEFORE_KEY_EXISTED.items():
+        section, name = key.split(".")
+        config[section][name] = value
 
     def merge(node: ml_collections.ConfigDict, values: dict) -> None:
         for key, value in values.items():

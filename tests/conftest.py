@@ -70,3 +70,27 @@ def tied_and_untied(data_dim: int, latent_dim: int, hidden: int, kind: str):
     dec, enc = tied.tying.decoder_layer, tied.tying.encoder_layer
     theta_u["p_x_given_z"][dec]["kernel"] = phi_u["q_z_given_x"][enc]["kernel"].T
     return (tied, theta_t, phi_t), (untied, theta_u, phi_u), (dec, enc)
+
+
+def fake_tfds(num_train: int = 40, num_test: int = 30):
+    """``tfds.testing.mock_data`` whose splits hold different images and honour slices
+    (``train[:20]``): tfds's own mock yields the same examples for every split, so
+    it cannot show which images a run trained on."""
+    import re
+
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+    images = {
+        name: rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+        for name, n in (("train", num_train), ("test", num_test))
+    }
+
+    def as_data_source(self, split, **kwargs):
+        del self, kwargs
+        name, start, stop = re.fullmatch(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?", split).groups()
+        rows = images[name][int(start) if start else None : int(stop) if stop else None]
+        return [{"image": image, "label": 0} for image in rows]
+
+    return tfds.testing.mock_data(as_data_source_fn=as_data_source)

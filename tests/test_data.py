@@ -6,15 +6,61 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vae_jax.data import binarize_once, check_data, load_mnist, load_mnist_labels, load_tfds
+from tests.conftest import fake_tfds
+from vae_jax.data import (
+    Splits,
+    binarize_once,
+    check_data,
+    check_disjoint,
+    load_mnist,
+    load_mnist_labels,
+    load_tfds,
+)
 
 
 def test_bundled_mnist_is_the_classic_split():
     splits = load_mnist()
     assert [s.shape for s in splits] == [(50_000, 784), (10_000, 784), (10_000, 784)]
     for s in splits:
-        assert s.dtype == np.float32 and s.min() >= 0.0 and s.max() < 1.0
+        assert s.dtype == np.float32 and s.min() == 0.0 and s.max() == 1.0
     assert 0.1 < splits.train.mean() < 0.15  # mean MNIST intensity is about 0.13
+
+
+def test_mnist_intensities_are_bytes_over_255_by_default_and_over_256_on_request():
+    k255, k256 = load_mnist(), load_mnist(intensity="k256")
+    for x255, x256 in zip(k255, k256, strict=True):
+        k = np.rint(x256.astype(np.float64) * 256)
+        np.testing.assert_array_equal(x256, (k / 256).astype(np.float32))  # the pickle's own
+        assert x256.max() == np.float32(255 / 256)
+        # exactly what the papers' code computes: (bytes / 255.0).astype(float32)
+        np.testing.assert_array_equal(x255, (k / 255.0).astype(np.float32))
+        assert x255.max() == 1.0
+    with pytest.raises(ValueError, match="unknown MNIST intensity 'k254'"):
+        load_mnist(intensity="k254")
+
+
+def test_burda_split_is_the_first_59600_training_images_then_400_for_validation():
+    classic, burda = load_mnist(), load_mnist(split="burda")
+    assert [s.shape[0] for s in burda] == [59_600, 400, 10_000]
+    sixty_k = np.concatenate([classic.train, classic.valid])
+    np.testing.assert_array_equal(burda.train, sixty_k[:59_600])
+    np.testing.assert_array_equal(burda.valid, sixty_k[59_600:])
+    np.testing.assert_array_equal(burda.test, classic.test)
+    # The pickle's train split starts as the raw training file does (labels 5 0 4 1 9 ...).
+    np.testing.assert_array_equal(load_mnist_labels().train[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
+    with pytest.raises(ValueError, match="unknown MNIST split 'paper'"):
+        load_mnist(split="paper")
+
+
+@pytest.mark.parametrize("split", ["classic", "burda"])
+def test_mnist_splits_share_no_image(split):
+    check_disjoint(load_mnist(split=split), split)  # raises if any row is in two splits
+
+
+def test_overlapping_splits_are_named():
+    x = np.arange(20, dtype=np.float32).reshape(10, 2) / 20
+    with pytest.raises(ValueError, match="2 images of the test split are also in the train split"):
+        check_disjoint(Splits(x[:6], x[6:8], x[4:6]), "x")
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
@@ -81,3 +127,20 @@ def test_mnist_is_read_once_and_no_caller_can_change_it():
     assert again.train is first.train and load_mnist_labels().test.shape == (10_000,)
     with pytest.raises(ValueError, match="read-only"):
         first.train[0, 0] = 0.5
+
+
+def test_tfds_splits_must_be_disjoint():
+    from experiments import factory
+    from experiments.cli import UserError
+    from experiments.configs.base import base_config
+
+    config = base_config()
+    config.data.source, config.data.tfds_name = "tfds", "mnist"
+    config.eval.plots = False
+    with fake_tfds(num_train=40, num_test=30):
+        config.data.tfds_splits = ("train[:20]", "train[20:]", "test")
+        splits = factory.load_data(config)
+        assert [s.shape[0] for s in splits] == [20, 20, 30]
+        config.data.tfds_splits = ("train[:20]", "train[15:]", "test")
+        with pytest.raises(UserError, match="5 images of the valid split are also in the train"):
+            factory.load_data(config)

@@ -17,6 +17,7 @@ from experiments import factory, inference_gap
 from experiments import train as train_module
 from experiments.configs import default, iwae_1layer, kingma_welling
 from experiments.train import restore_run, train_and_evaluate
+from tests.conftest import fake_tfds
 from vae_jax.evaluate import Stream, stream_key
 from vae_jax.objectives import make_elbo, make_log_marginal_likelihood
 
@@ -211,14 +212,12 @@ def test_training_gets_the_binarisation_the_config_names(tmp_path, monkeypatch, 
 
 
 def test_a_tfds_dataset_runs_end_to_end(tmp_path):
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=120):
+    with fake_tfds(num_train=220, num_test=120):
         results, lines = _smoke(
             tmp_path,
             data__source="tfds",
             data__tfds_name="fashion_mnist",
-            data__tfds_splits=("train", "train", "test"),
+            data__tfds_splits=("train[:200]", "train[200:]", "test"),
             data__max_train_examples=100,
         )
     assert results["test_examples"] == 120 and len(lines) == 2

@@ -337,6 +337,7 @@ def test_output_bias_can_start_at_the_logit_of_the_training_mean(config_name):
     config = module.get_config("smoke")
     x = np.random.default_rng(0).random((60, 784)).astype(np.float32)
     x[:, 0], x[:, 1] = 0.0, 1.0  # means outside [0.001, 0.999] are clipped
+    config.model.output_bias = "zero"
     zero = factory.build(config, x).state.theta
     config.model.output_bias = "train_mean_logit"
     theta = factory.build(config, x).state.theta
@@ -351,3 +352,58 @@ def test_output_bias_can_start_at_the_logit_of_the_training_mean(config_name):
     config.model.likelihood = "gaussian"
     with pytest.raises(UserError, match="output_bias='train_mean_logit'.*gaussian"):
         factory.check_config(config)
+
+
+def test_burda_adam_takes_the_two_steps_of_the_authors_theano_code():
+    # yburda/iwae optimizers.py, maximising; here the same minimising a batch-MEAN loss
+    # of B = 4 examples, so the authors' summed gradient is 4 g. b1 0.99, b2 0.999, eps 1e-4.
+    optimizer = train_module.burda_adam(learning_rate=0.1, batch_size=4)
+    w = {"w": jnp.array([1.0, -2.0])}
+    state = optimizer.init(w)
+    g1, g2 = {"w": jnp.array([0.5, -1.0])}, {"w": jnp.array([0.2, 0.3])}
+    # t = 1: the step reads m_0 = 0, v_0 = 1 (Theano's updates use the old values): no move.
+    u1, state = optimizer.update(g1, state, w)
+    np.testing.assert_array_equal(u1["w"], [0.0, 0.0])
+    # m_1 = 0.01 * (4 g1) = (0.02, -0.04); v_1 = 0.999 * 1 + 0.001 * (4 g1)^2 = (1.003, 1.015)
+    # t = 2: -0.1 * sqrt(1 - 0.999^2) / (1 - 0.99^2) * m_1 / (sqrt(v_1) + 1e-4)
+    u2, state = optimizer.update(g2, state, w)
+    alpha = 0.1 * (1 - 0.998001) ** 0.5 / (1 - 0.9801)
+    expected = [-alpha * 0.02 / (1.003**0.5 + 1e-4), -alpha * -0.04 / (1.015**0.5 + 1e-4)]
+    np.testing.assert_allclose(u2["w"], expected, rtol=1e-5)
+    # and the moments now hold g2: m_2 = 0.99 m_1 + 0.01 * 4 g2
+    _, burda, _ = state
+    np.testing.assert_allclose(
+        burda.mu["w"], [0.99 * 0.02 + 0.008, 0.99 * -0.04 + 0.012], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        burda.nu["w"], [0.999 * 1.003 + 0.001 * 0.64, 0.999 * 1.015 + 0.001 * 1.44], rtol=1e-6
+    )
+
+
+def test_the_rounded_iwae_schedule_is_the_authors_rates():
+    schedule = train_module.iwae_learning_rate_schedule(1, 1e-3, rounded=True)
+    stage_starts = [0, 1, 4, 13, 40, 121, 364, 1093]  # after 3^0 + ... + 3^(i-1) epochs
+    rates = [float(schedule(s)) for s in stage_starts]
+    # experiments.py: 1e-4 * round(10 ** (1 - (i - 1) / 7), 1), i = 1..8
+    np.testing.assert_allclose(
+        rates, [1e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1e-4], rtol=1e-6
+    )
+    exact = train_module.iwae_learning_rate_schedule(1, 1e-3)
+    assert abs(float(exact(1)) - 1e-3 * 10 ** (-1 / 7)) < 1e-9
+
+
+def test_the_config_builds_the_authors_optimiser():
+    config = default.get_config("smoke")
+    config.optimizer.name, config.optimizer.b1 = "burda_adam", 0.99
+    config.optimizer.schedule = "iwae_rounded"
+    optimizer = factory.build_optimizer(config, steps_per_epoch=10)
+    tree = {"w": jnp.ones(3)}
+    state = optimizer.init(tree)
+    chained = [
+        s
+        for s in jax.tree.leaves(
+            state, is_leaf=lambda s: isinstance(s, train_module.BurdaAdamState)
+        )
+        if isinstance(s, train_module.BurdaAdamState)
+    ]
+    assert len(chained) == 1 and np.all(np.asarray(chained[0].nu["w"]) == 1.0)  # v starts at ones

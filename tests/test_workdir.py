@@ -248,3 +248,44 @@ def test_a_checkpoint_of_the_tuple_optimiser_layout_resumes(tmp_path):
         jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def _drop_key_from_record(workdir: Path, section: str, name: str) -> None:
+    """Make config.json look written by code from before ``section.name`` existed."""
+    path = workdir / "config.json"
+    record = json.loads(path.read_text())
+    del record[section][name]
+    path.write_text(json.dumps(record))
+
+
+def test_a_run_recorded_before_the_intensity_key_existed_is_a_k256_run(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    _drop_key_from_record(workdir, "data", "intensity")
+    before = _files(workdir)
+    config, *_, splits = restore_run(workdir)
+    assert config.data.intensity == "k256"  # what the run trained on, not today's default
+    assert splits.test.max() == np.float32(255 / 256)
+    # Resuming it at today's default (k/255) would change its data: refused, nothing written.
+    with pytest.raises(UserError, match=r"data\.intensity: 'k256' -> 'k255'"):
+        train_and_evaluate(_config(**{"train.epochs": 3}), workdir)
+    assert _files(workdir) == before
+    # At the scale it ran on, it resumes.
+    resumed = _config(**{"train.epochs": 3, "data.intensity": "k256"})
+    assert train_and_evaluate(resumed, workdir, stop_after_epoch=3) is None
+    assert json.loads((workdir / "config.json").read_text())["data"]["intensity"] == "k256"
+
+
+def test_test_bits_are_one_fixed_draw_of_the_k255_intensities(trained):
+    config, *_ = restore_run(trained)
+    intensities = load_mnist().test[:40]
+    k = np.rint(intensities.astype(np.float64) * 255)
+    np.testing.assert_array_equal(intensities, (k / 255).astype(np.float32))
+    bits = np.load(trained / "test_bits.npy")
+    expected = binarize_once(int(config.data.binarization_seed) + 2, intensities)
+    np.testing.assert_array_equal(bits, expected)
+    # Paired with the k/256 bits of the same key: the same uniforms, so a pixel can
+    # only gain ink, and does where u lies in [k/256, k/255).
+    k256 = binarize_once(
+        int(config.data.binarization_seed) + 2, load_mnist(intensity="k256").test[:40]
+    )
+    assert np.all(bits >= k256) and 0 < np.sum(bits != k256) < 0.01 * bits.size

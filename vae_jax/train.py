@@ -113,15 +113,85 @@ def make_amortised_step(
 
 
 def iwae_learning_rate_schedule(
-    steps_per_epoch: int, base_learning_rate: float = 1e-3, num_stages: int = 8
+    steps_per_epoch: int,
+    base_learning_rate: float = 1e-3,
+    num_stages: int = 8,
+    rounded: bool = False,
 ) -> optax.Schedule:
-    """Burda et al. 2015, section 5: 3^i passes at 1e-3 * 10^(-i/7), i = 0..7."""
+    """Burda et al. 2015, section 5: 3^i passes at 1e-3 * 10^(-i/7), i = 0..7.
+
+    ``rounded``: the rates of the authors' released code (yburda/iwae,
+    experiments.py), base / 10 * round(10^(1 - i/7), 1): 1e-3, 7.2e-4, 5.2e-4, ...
+    """
     boundaries, values, epochs = [], [base_learning_rate], 0
     for i in range(num_stages - 1):
         epochs += 3**i
         boundaries.append(epochs * steps_per_epoch)
-        values.append(base_learning_rate * 10 ** (-(i + 1) / 7))
+        factor = 10 ** (-(i + 1) / 7)
+        if rounded:
+            factor = round(10 * factor, 1) / 10
+        values.append(base_learning_rate * factor)
     return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+
+
+class BurdaAdamState(NamedTuple):
+    count: jax.Array  # int32: updates made so far
+    mu: optax.Updates  # first moment, starts at zeros
+    nu: optax.Updates  # second moment, starts at ONES
+
+
+def scale_by_burda_adam(
+    b1: float = 0.99, b2: float = 0.999, eps: float = 1e-4
+) -> optax.GradientTransformation:
+    """The Adam of the IWAE authors' released code (yburda/iwae, optimizers.py), which
+    differs from the paper's (Kingma & Ba) in three ways:
+
+        step_t = sqrt(1 - b2^t) / (1 - b1^t) * m_{t-1} / (sqrt(v_{t-1}) + eps)
+        m_t = b1 m_{t-1} + (1 - b1) g_t,   m_0 = 0
+        v_t = b2 v_{t-1} + (1 - b2) g_t^2, v_0 = 1   (ones, not zeros)
+
+    eps is added to the square root of the *uncorrected* second moment, and the
+    step at t uses the moments from before g_t: Theano computes every shared
+    variable's update from the values before the call, so the parameter update
+    reads the old m and v (the first step moves nothing). Chain with
+    ``optax.scale_by_learning_rate`` for the sign and the rate; the authors'
+    gradient is summed over the batch (:func:`burda_adam`).
+    """
+
+    def init_fn(params):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        ones = jax.tree_util.tree_map(jnp.ones_like, params)
+        return BurdaAdamState(jnp.zeros([], jnp.int32), zeros, ones)
+
+    def update_fn(updates, state, params=None):
+        del params
+        t = (state.count + 1).astype(jnp.float32)
+        correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        step = jax.tree_util.tree_map(
+            lambda m, v: correction * m / (jnp.sqrt(v) + eps), state.mu, state.nu
+        )
+        mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g**2, state.nu, updates)
+        return step, BurdaAdamState(state.count + 1, mu, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def burda_adam(
+    learning_rate: float | optax.Schedule,
+    batch_size: int,
+    b1: float = 0.99,
+    b2: float = 0.999,
+    eps: float = 1e-4,
+) -> optax.GradientTransformation:
+    """The IWAE authors' optimiser for a loss that is a batch MEAN: the gradient is
+    scaled back to the batch sum their code differentiates (which matters, because
+    v starts at 1 and eps is not scale-free), then :func:`scale_by_burda_adam`."""
+    return optax.chain(
+        optax.scale(float(batch_size)),
+        scale_by_burda_adam(b1, b2, eps),
+        optax.scale_by_learning_rate(learning_rate),
+    )
 
 
 def iwae_schedule_epochs(num_stages: int = 8) -> int:
