@@ -26,9 +26,46 @@ class Grid(NamedTuple):
     arms: dict[str, dict]  # arm name -> its own overrides, applied after ``base``
     question: str  # the one line RESULTS.md opens with
     figures: tuple[str, ...]  # names in ``experiments.report.FIGURES``
+    # report columns: names in ``experiments.report.COLUMNS`` (None: the standard ones)
+    columns: tuple[str, ...] | None = None
+    # arm -> the arm it differs from by one change: RESULTS.md gets the paired
+    # (same seed) differences and a verdict per such pair
+    reference: dict[str, str] | None = None
 
 
 STANDARD_FIGURES = ("curves", "aggregate")
+
+# Burda et al.'s two-stochastic-layer model, from the one-layer IWAE config.
+TWO_LAYERS = {"model.latent_dim": 100, "model.top_latent_dim": 50, "eval.plots": False}
+# One change each from the IWAE configs' protocol (k/255, 59,600 images, output bias at
+# the train mean's logit, the paper's Adam): the differences between our old table
+# runs and the authors' code, and KL warm-up as a positive control for the 2nd layer.
+PROTOCOL_CHANGES = {
+    "k256": {"data.intensity": "k256"},
+    "zero_bias": {"model.output_bias": "zero"},
+    "50k": {"data.split": "classic"},
+    "burda_adam": {
+        "optimizer.name": "burda_adam",
+        "optimizer.b1": 0.99,
+        "optimizer.schedule": "iwae_rounded",
+    },
+}
+
+
+def _protocol_arms() -> tuple[dict[str, dict], dict[str, str]]:
+    arms, reference = {}, {}
+    for prefix, model in (("1l", {}), ("2l", TWO_LAYERS)):
+        arms[f"{prefix}_paper"] = dict(model)
+        changes = dict(PROTOCOL_CHANGES)
+        if prefix == "2l":
+            changes["warmup"] = {"objective.warmup_epochs": 10}
+        for name, change in changes.items():
+            arms[f"{prefix}_{name}"] = {**model, **change}
+            reference[f"{prefix}_{name}"] = f"{prefix}_paper"
+    return arms, reference
+
+
+PROTOCOL_ARMS, PROTOCOL_REFERENCE = _protocol_arms()
 
 GRIDS: dict[str, Grid] = {
     "priors": Grid(
@@ -95,6 +132,34 @@ GRIDS: dict[str, Grid] = {
             "Kingma & Welling figure 2: AEVB (objective 'elbo') against wake-sleep, by latent size."
         ),
         figures=(*STANDARD_FIGURES, "figure2"),
+    ),
+    "protocol": Grid(
+        config_file="experiments/configs/iwae_1layer.py",
+        # 20 of the 3,280 passes (stages 0-2 whole, 7 epochs of stage 3), scored by
+        # IS-1000 on the first 2,000 test images: paired arms, a session's budget.
+        base={
+            "train.epochs": 20,
+            "eval.valid_every_epochs": 5,
+            "eval.num_importance_samples": 1000,
+            "data.max_eval_examples": 2000,
+            "eval.plots": False,
+        },
+        arms=PROTOCOL_ARMS,
+        question=(
+            "Which of the differences between our IWAE-table protocol and the authors' code "
+            "(data scale, output-bias start, training images, optimiser) moves the test NLL "
+            "or the use of the second stochastic layer?"
+        ),
+        figures=("curves",),
+        columns=(
+            "test_nll",
+            "test_elbo",
+            "kl_per_layer",
+            "active_units_per_layer",
+            "saturated_decoder_units",
+            "train_seconds",
+        ),
+        reference=PROTOCOL_REFERENCE,
     ),
 }
 

@@ -26,20 +26,25 @@ from experiments.workdir import write_text
 
 Runs = dict[str, list[dict]]  # arm -> the collected results of its finished seeds
 
-# (column title, results.json key, format)
-COLUMNS = (
-    ("test NLL (IS)", "test_nll", "{:.2f}"),
-    ("test ELBO", "test_elbo", "{:.2f}"),
-    ("KL(q‖p)", "test_kl", "{:.2f}"),
-    ("active units", "active_units", "{:.1f}"),
-    ("I_N(x;z), sampled", "aggregate_mutual_information", "{:.2f}"),
-    ("KL(q_agg,N‖p), sampled", "aggregate_kl", "{:.2f}"),
-    ("KL(moments‖N(0,I))", "aggregate_posterior_kl_to_standard_normal", "{:.2f}"),
-    ("theta params", "num_params_theta", "{:,.0f}"),
-    ("phi params", "num_params_phi", "{:,.0f}"),
-    ("train s", "train_seconds", "{:.0f}"),
-    ("eval s", "eval_seconds", "{:.0f}"),
-)
+# results.json key -> (column title, format); a list-valued key (one value per
+# stochastic or hidden layer) shows its per-layer means joined by " / ".
+COLUMNS = {
+    "test_nll": ("test NLL (IS)", "{:.2f}"),
+    "test_elbo": ("test ELBO", "{:.2f}"),
+    "test_kl": ("KL(q‖p)", "{:.2f}"),
+    "active_units": ("active units", "{:.1f}"),
+    "aggregate_mutual_information": ("I_N(x;z), sampled", "{:.2f}"),
+    "aggregate_kl": ("KL(q_agg,N‖p), sampled", "{:.2f}"),
+    "aggregate_posterior_kl_to_standard_normal": ("KL(moments‖N(0,I))", "{:.2f}"),
+    "num_params_theta": ("theta params", "{:,.0f}"),
+    "num_params_phi": ("phi params", "{:,.0f}"),
+    "train_seconds": ("train s", "{:.0f}"),
+    "eval_seconds": ("eval s", "{:.0f}"),
+    "kl_per_layer": ("KL per layer (z1 / z2)", "{:.2f}"),
+    "active_units_per_layer": ("active units per layer", "{:.1f}"),
+    "saturated_decoder_units": ("saturated decoder units per hidden layer", "{:.1f}"),
+}
+STANDARD_COLUMNS = tuple(COLUMNS)[:11]
 
 
 def collect(run_dir: Path) -> dict | None:
@@ -57,6 +62,7 @@ def collect(run_dir: Path) -> dict | None:
     results["aggregate_mutual_information"] = aggregate.get("mutual_information")
     # The sum over epochs survives resumption; the process wall time does not.
     results["train_seconds"] = float(sum(m["seconds"] for m in metrics))
+    results["seed"] = run_dir.name  # <arm>/seed<k>: pairs arms by seed
     results["curve_epochs"] = [m["epoch"] for m in metrics]
     results["curve_valid_elbo"] = [m.get("valid_elbo") for m in metrics]
     results["curve_train_elbo"] = [m.get("train_elbo") for m in metrics]
@@ -64,21 +70,60 @@ def collect(run_dir: Path) -> dict | None:
     return results
 
 
-def results_table(runs: Runs) -> str:
+def _cell(values: list, fmt: str) -> str:
+    """Mean ± sample std over seeds; per-layer lists: the means, layer by layer."""
+    if not values:
+        return "n/a"
+    if isinstance(values[0], list):
+        if len({len(v) for v in values}) != 1:
+            return "n/a"
+        return " / ".join(fmt.format(m) for m in np.mean(np.array(values, float), axis=0))
+    std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return fmt.format(np.mean(values)) + (f" ± {fmt.format(std)}" if std > 0 else "")
+
+
+def results_table(runs: Runs, columns: tuple[str, ...] = STANDARD_COLUMNS) -> str:
     """The markdown table: one row per arm, mean ± sample std over its seeds."""
-    header = "| arm | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    header = "| arm | seeds | " + " | ".join(COLUMNS[key][0] for key in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
     for arm, results in runs.items():
-        cells = []
-        for _, key, fmt in COLUMNS:
-            values = [r[key] for r in results if r.get(key) is not None]
-            if not values:
-                cells.append("n/a")
-                continue
-            std = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            spread = f" ± {fmt.format(std)}" if std > 0 else ""
-            cells.append(fmt.format(np.mean(values)) + spread)
+        cells = [
+            _cell([r[key] for r in results if r.get(key) is not None], COLUMNS[key][1])
+            for key in columns
+        ]
         lines.append(f"| {arm} | {len(results)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(runs: Runs, reference: dict[str, str]) -> str:
+    """Per arm that differs from a reference arm by one change: its test NLL minus the
+    reference's on the same seed, each seed's difference, and a verdict by a stated
+    rule. The rule needs every seed's difference to agree in sign and the mean to
+    exceed twice their spread; with 2 seeds it is a screen, not a test."""
+    lines = [
+        "| arm | minus | ΔNLL per seed | mean ΔNLL | Δ active units per layer | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, base in reference.items():
+        if arm not in runs or base not in runs:
+            continue
+        by_seed = {r["seed"]: r for r in runs[base]}
+        pairs = [(r, by_seed[r["seed"]]) for r in runs[arm] if r["seed"] in by_seed]
+        if not pairs:
+            continue
+        deltas = np.array([r["test_nll"] - b["test_nll"] for r, b in pairs])
+        key = "active_units_per_layer"
+        units = np.mean([np.subtract(r[key], b[key]) for r, b in pairs], axis=0)
+        spread = np.std(deltas, ddof=1) if len(deltas) > 1 else np.inf
+        if len(deltas) > 1 and abs(deltas.mean()) > 2 * spread and len(set(np.sign(deltas))) == 1:
+            verdict = "worse" if deltas.mean() > 0 else "better"
+            verdict = f"{verdict} than `{base}` by {abs(deltas.mean()):.2f} nats"
+        else:
+            verdict = "no difference resolved at this budget"
+        lines.append(
+            f"| {arm} | {base} | {', '.join(f'{d:+.2f}' for d in deltas)} | "
+            f"{deltas.mean():+.2f} | {' / '.join(f'{u:+.1f}' for u in units)} | {verdict} |"
+        )
     return "\n".join(lines)
 
 
@@ -274,7 +319,7 @@ def results_markdown(
     text += [f"- `{arm}`: `{json.dumps(spec.arms[arm])}`" for arm in runs]
     text += [
         "",
-        results_table(runs),
+        results_table(runs, spec.columns or STANDARD_COLUMNS),
         "",
         "NLL, ELBO and KL are nats per test image. `KL(q_agg,N‖p), sampled` is a Monte "
         "Carlo estimate of KL from the aggregate posterior q_agg,N (the mixture of q(z|x) "
@@ -289,6 +334,18 @@ def results_markdown(
         "the epochs (the first includes compilation).",
         "",
     ]
+    if spec.reference:
+        text += [
+            "## Each change against the arm it changes (paired by seed)",
+            "",
+            paired_differences(runs, spec.reference),
+            "",
+            "ΔNLL > 0: the change makes the test NLL worse. Verdict rule: every seed's "
+            "difference has the same sign and the mean exceeds twice their sample std. "
+            "Arms scored on other test bits (k256: bytes / 256) measure the data as "
+            "well as the training.",
+            "",
+        ]
     for name in spec.figures:
         text += [f"![{FIGURES[name].caption}]({name}.png)", ""]
     return "\n".join(text)

@@ -79,3 +79,41 @@ def test_overrides_every_arm_shares_are_stated_once_in_the_base():
         first, *others = spec.arms.values()
         shared = {k: v for k, v in first.items() if all(k in o and o[k] == v for o in others)}
         assert not shared, f"grid {grid!r}: move {shared} to its base"
+
+
+def test_each_protocol_arm_is_its_reference_plus_one_named_change():
+    spec = grids.GRIDS["protocol"]
+    for arm, base in spec.reference.items():
+        config, reference = (grids.arm_config("protocol", a, 0, None) for a in (arm, base))
+        flat, flat_reference = (json.loads(c.to_json()) for c in (config, reference))
+        changed = {
+            f"{section}.{key}"
+            for section, values in flat.items()
+            if isinstance(values, dict)
+            for key, value in values.items()
+            if flat_reference[section][key] != value
+        }
+        change = arm.split("_", 1)[1]
+        expected = dict(grids.PROTOCOL_CHANGES, warmup={"objective.warmup_epochs": 10})[change]
+        assert changed == set(expected), arm
+    paper = grids.arm_config("protocol", "1l_paper", 0, None)
+    assert (paper.data.intensity, paper.data.split) == ("k255", "burda")
+    assert paper.model.output_bias == "train_mean_logit" and paper.optimizer.name == "adam"
+
+
+def test_paired_differences_give_a_verdict_only_when_every_seed_agrees():
+    from experiments.report import paired_differences
+
+    def run(seed, nll, units):
+        return {"seed": f"seed{seed}", "test_nll": nll, "active_units_per_layer": units}
+
+    runs = {
+        "paper": [run(0, 90.0, [20, 0]), run(1, 91.0, [21, 1])],
+        "worse": [run(0, 91.0, [20, 0]), run(1, 92.1, [20, 3])],  # +1.0, +1.1
+        "mixed": [run(0, 90.5, [20, 0]), run(1, 90.5, [21, 1])],  # +0.5, -0.5
+    }
+    table = paired_differences(runs, {"worse": "paper", "mixed": "paper"})
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert "+1.00, +1.10" in rows["worse"] and "worse than `paper` by 1.05 nats" in rows["worse"]
+    assert "-0.5 / +1.0" in rows["worse"]  # active units per layer, mean of the paired changes
+    assert "no difference resolved" in rows["mixed"]

@@ -146,6 +146,26 @@ def test_two_layers_train_and_score_end_to_end_from_the_config(tmp_path):
     assert len(results["active_units_per_layer"]) == 2
     assert sum(results["active_units_per_layer"]) == results["active_units"]
     assert results["aggregate_posterior_mean"] is None  # one-layer summaries are not faked
+    assert len(results["kl_per_layer"]) == 2 and min(results["kl_per_layer"]) > 0
+    assert len(results["saturated_decoder_units"]) == 2  # x's decoder: 32-32
+
+
+def test_log_prob_per_layer_is_in_layer_order_and_sums_to_log_prob():
+    model = make_chain_vae(16, (4, 3), ((8,), (5,)))
+    theta, phi = model.init(jax.random.key(0))
+    x = (jax.random.uniform(jax.random.key(1), (16,)) < 0.5).astype(jnp.float32)
+    q_z, p_z = model.posterior(phi, x), model.prior(theta, phi)
+    z_SxL = q_z.sample(jax.random.key(2), (7,))
+    z1, z2 = z_SxL[:, :4], z_SxL[:, 4:]
+    for dist in (q_z, p_z):
+        per_layer = dist.log_prob_per_layer(z_SxL)
+        assert per_layer.shape == (7, 2)
+        np.testing.assert_allclose(per_layer.sum(-1), dist.log_prob(z_SxL), rtol=1e-6)
+    # the prior is sampled z2 first, but its columns are (log p(z1 | z2), log p(z2))
+    log_p_z2 = jax.scipy.stats.norm.logpdf(z2).sum(-1)
+    np.testing.assert_allclose(p_z.log_prob_per_layer(z_SxL)[:, 1], log_p_z2, rtol=1e-6)
+    q_z1 = model.q_z1_given_x.apply(phi["q_z1_given_x"], x)
+    np.testing.assert_allclose(q_z.log_prob_per_layer(z_SxL)[:, 0], q_z1.log_prob(z1), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

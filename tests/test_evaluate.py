@@ -6,6 +6,7 @@ import numpy as np
 
 from vae_jax.evaluate import active_units
 from vae_jax.host import map_dataset
+from vae_jax.models import make_vae
 
 
 def test_map_dataset_returns_each_example_once_in_order():
@@ -32,3 +33,25 @@ def test_active_units_counts_dims_whose_posterior_mean_varies_more_than_0_01():
     np.testing.assert_allclose(np.var(mean_NxL, axis=0), variances_L, rtol=1e-12)
     assert active_units(mean_NxL) == 3
     assert active_units(mean_NxL[:, :1]) == 0
+
+
+def test_a_decoder_unit_that_ignores_z_is_counted_as_saturated():
+    from vae_jax.evaluate import saturated_decoder_units
+
+    model = make_vae(data_dim=6, latent_dim=2, hidden_sizes=(4, 5))  # decoder: 5, then 4
+    theta, _ = model.init(jax.random.key(0))
+    decoder = theta["p_x_given_z"]
+    # unit 1 of the first layer and units 0, 3 of the second read nothing that varies
+    kernel0 = decoder["hidden_0"]["kernel"].at[:, 1].set(0.0)
+    kernel1 = decoder["hidden_1"]["kernel"].at[:, jnp.array([0, 3])].set(0.0)
+    decoder = {
+        **decoder,
+        "hidden_0": {**decoder["hidden_0"], "kernel": kernel0},
+        "hidden_1": {"kernel": kernel1, "bias": jnp.array([30.0, 0.0, 0.0, -30.0])},
+    }
+    theta = {**theta, "p_x_given_z": decoder}
+    z_NxL = np.asarray(jax.random.normal(jax.random.key(1), (50, 2)))
+    assert saturated_decoder_units(model, theta, z_NxL) == [1, 2]
+    tied = make_vae(data_dim=6, latent_dim=2, hidden_sizes=(5,), tie_weights="x_layers")
+    tied_theta, _ = tied.init(jax.random.key(0))
+    assert saturated_decoder_units(tied, tied_theta, z_NxL) is None  # not faked

@@ -211,11 +211,16 @@ class Chain:
         return blocks[::-1] if self.reverse else blocks
 
     def log_prob(self, z: jax.Array) -> jax.Array:
+        return jnp.sum(self.log_prob_per_layer(z), axis=-1)
+
+    def log_prob_per_layer(self, z: jax.Array) -> jax.Array:
+        """[..., k]: each layer's factor of log_prob, in LAYER order (z_1, ..., z_k),
+        e.g. (log q(z_1 | x), log q(z_2 | z_1)) or (log p(z_1 | z_2), log p(z_2))."""
         blocks = self._blocks(z)
-        total = self.root.log_prob(blocks[0])
+        terms = [self.root.log_prob(blocks[0])]
         for link, previous, block in zip(self.links, blocks[:-1], blocks[1:], strict=True):
-            total = total + link(previous).log_prob(block)
-        return total
+            terms.append(link(previous).log_prob(block))
+        return jnp.stack(terms[::-1] if self.reverse else terms, axis=-1)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         keys = jax.random.split(key, len(self.sizes))

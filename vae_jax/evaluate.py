@@ -41,13 +41,19 @@ from vae_jax.objectives import (
     make_log_marginal_likelihood,
 )
 from vae_jax.parallel import constrain_batch
-from vae_jax.schema import Phi, Theta, phi_axis, prior_phi
+from vae_jax.schema import Phi, Theta, decoder_name, phi_axis, prior_phi
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 # A chain's E[z_2 | x] is an average over draws of z_1; its Monte Carlo variance,
 # at most Var(z_2 | x) / draws, must stay well under the threshold above.
 CHAIN_MEAN_DRAWS = 1000
 CHAIN_MEAN_STREAM = 1  # fold_in data under an example's ELBO key
+CHAIN_KL_DRAWS = 100  # z ~ q per example for a chain's KL per layer
+CHAIN_KL_STREAM = 2
+# A decoder unit is "saturated" if its activation moves by less than this over the
+# test images (max - min, with z at each image's posterior mean): a constant, which
+# only adds to the next layer's bias.
+SATURATION_RANGE = 0.01
 
 
 @enum.unique
@@ -86,7 +92,8 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
     the evaluation key; example i draws with ``fold_in(stream_key(key,
     Stream.ELBO), i)``.
     Keys: ``elbo``, ``reconstruction``, ``kl`` [B]; ``kl_per_dim`` and
-    ``posterior_mean`` [B, L] (``kl_per_dim`` is NaN without an analytic KL).
+    ``posterior_mean`` [B, L] (``kl_per_dim`` is NaN without an analytic KL);
+    ``kl_per_layer`` [B, k] (k stochastic layers; a chain's by Monte Carlo).
     """
     elbo_fn = make_elbo(model, num_samples=num_samples, kl="auto")
 
@@ -100,9 +107,19 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
         if isinstance(q_z, Chain):  # stochastic layers: E[z | x] by Monte Carlo
             mean_key = jax.random.fold_in(example_key, CHAIN_MEAN_STREAM)
             posterior_mean = q_z.estimate_mean(mean_key, CHAIN_MEAN_DRAWS)
+            # KL per layer, E_q[log q(z_i | .) - log p(z_i | .)]; they sum to the KL
+            z_SxL = q_z.sample(jax.random.fold_in(example_key, CHAIN_KL_STREAM), (CHAIN_KL_DRAWS,))
+            log_ratio_SxK = q_z.log_prob_per_layer(z_SxL) - p_z.log_prob_per_layer(z_SxL)
+            kl_per_layer = jnp.mean(log_ratio_SxK, axis=0)
         else:
             posterior_mean = q_z.mean
-        return {**aux, "kl_per_dim": kl_per_dim, "posterior_mean": posterior_mean}
+            kl_per_layer = aux["kl"][None]
+        return {
+            **aux,
+            "kl_per_dim": kl_per_dim,
+            "kl_per_layer": kl_per_layer,
+            "posterior_mean": posterior_mean,
+        }
 
     def batch(key, theta, phi, x_BxD, index_B):
         keys_B = _per_example_keys(stream_key(key, Stream.ELBO), index_B)
@@ -197,6 +214,22 @@ def make_mixture_log_p_x(
 def active_units(posterior_mean_NxL: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Number of d with Cov_x(E_q[z_d | x]) > threshold."""
     return int(np.sum(np.var(posterior_mean_NxL, axis=0) > threshold))
+
+
+def saturated_decoder_units(
+    model, theta: Theta, posterior_mean_NxL: np.ndarray, max_range: float = SATURATION_RANGE
+) -> list[int] | None:
+    """Per hidden layer of p(x | z) (input side first), the units whose activation
+    moves by less than ``max_range`` over the images whose posterior means are given:
+    constants that only shift the next layer's bias. None for a decoder that is
+    not an untied MLP."""
+    name = decoder_name(theta)
+    decoder = getattr(model, name)
+    if decoder.hidden is None or getattr(model, "tying", None) is not None:
+        return None
+    z1_size = getattr(model, "latent_sizes", (model.latent_dim,))[0]  # x reads z_1 only
+    hidden = jax.jit(decoder.hidden)(theta[name], jnp.asarray(posterior_mean_NxL[:, :z1_size]))
+    return [int(np.sum(np.ptp(np.asarray(h), axis=0) < max_range)) for h in hidden]
 
 
 def make_posterior_moment_sums(model: LatentVariableModel) -> Callable:
@@ -417,6 +450,8 @@ def evaluate(
             active_units(block) for block in np.split(terms["posterior_mean"], layer_ends, 1)
         ],
         "kl_per_dim": [float(v) for v in np.mean(terms["kl_per_dim"], axis=0)],
+        "kl_per_layer": [float(v) for v in np.mean(terms["kl_per_layer"], axis=0)],
+        "saturated_decoder_units": saturated_decoder_units(model, theta, terms["posterior_mean"]),
         # <q(z|x)>_test: per-dim mean and variance (law of total variance), and the
         # KL from the moment-matched Gaussian to N(0, I) (0 = moments match the prior)
         "aggregate_posterior_mean": _floats(moments["mean"]),

@@ -49,10 +49,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 class Component(NamedTuple):
     """The parameters of one distribution: ``init(key) -> tree`` and
-    ``apply(tree, inputs) -> distribution``."""
+    ``apply(tree, inputs) -> distribution``; an MLP's also has
+    ``hidden(tree, inputs) -> [h_1, ..., h_n]``, its hidden layers' activations."""
 
     init: Callable[..., Any]
     apply: Callable[..., Any]
+    hidden: Callable[..., list] | None = None
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -112,7 +114,15 @@ def _make_mlp_component(
             )
         return to_distribution(module.apply({"params": tree}, inputs))
 
-    return Component(init, apply)
+    def hidden(tree: dict, inputs: jax.Array) -> list[jax.Array]:
+        _, state = module.apply(
+            {"params": tree}, inputs, capture_intermediates=True, mutable=["intermediates"]
+        )
+        act = activation_fn(activation)
+        layers = state["intermediates"]
+        return [act(layers[f"hidden_{i}"]["__call__"][0]) for i in range(len(hidden_sizes))]
+
+    return Component(init, apply, hidden)
 
 
 TRUNKS = ("shared", "separate")
