@@ -28,7 +28,11 @@ from experiments import cli, factory
 from experiments.configs import default
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ("README.md", "experiments/README.md")
+READMES = (
+    "README.md",
+    "experiments/README.md",
+    *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")),
+)
 ACTIVATE = ". .venv/bin/activate"
 
 # Runs each [module, args] as `python -m module args` would, in one process, and
@@ -126,9 +130,10 @@ def test_readme_says_how_to_activate_the_environment_before_its_first_command():
     text = (ROOT / "README.md").read_text()
     activation = re.search(r"```sh\n" + re.escape(ACTIVATE), text)
     assert activation, f"README.md shows no `{ACTIVATE}` line in a code block"
-    first = min(text.index(c) for _, c in readme_commands() if c in text)
+    first = min((text.index(c) for _, c in readme_commands() if c in text), default=len(text))
     assert activation.start() < first, "the activation line comes after a python command"
-    assert ACTIVATE in (ROOT / "experiments/README.md").read_text()
+    for name in {name for name, _ in readme_commands()} - {"README.md"}:
+        assert ACTIVATE in (ROOT / name).read_text(), f"{name} does not say how to activate"
     make_targets = set(re.findall(r"^([a-z]+):", (ROOT / "Makefile").read_text(), re.M))
     for target in re.findall(r"`make ([a-z]+)`", text):
         assert target in make_targets, f"`make {target}` is not a Makefile target"

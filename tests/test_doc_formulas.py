@@ -37,7 +37,7 @@ def test_the_encoders_log_sigma_is_the_documented_formula():
     [("learned_gaussian", True), ("mixture_of_gaussians", False), ("vampprior", False)],
 )
 def test_kl_per_dim_is_nan_exactly_where_the_kl_is_sampled(prior, analytic):
-    """The README's conventions table says so; a change here must change the table."""
+    """docs/concepts.md's conventions table says so; a change here must change the table."""
     model = make_vae(D, L, (H,), prior=prior, prior_components=3)
     theta, phi = model.init(jax.random.key(0))
     x_BxD = (jax.random.uniform(jax.random.key(1), (B, D)) < 0.5).astype(jnp.float32)
@@ -46,8 +46,8 @@ def test_kl_per_dim_is_nan_exactly_where_the_kl_is_sampled(prior, analytic):
     assert bool(jnp.all(jnp.isnan(terms["kl_per_dim"]))) == (not analytic)
     if analytic:
         np.testing.assert_allclose(jnp.sum(terms["kl_per_dim"], -1), terms["kl"], rtol=1e-5)
-    table = (ROOT / "README.md").read_text()
+    table = (ROOT / "docs" / "concepts.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| `kl_per_dim` |")]
-    assert len(rows) == 1, "README's conventions table needs its own `kl_per_dim` row"
+    assert len(rows) == 1, "the conventions table needs its own `kl_per_dim` row"
     row = rows[0]
     assert "NaN" in row and "`mixture_of_gaussians`" in row and "`vampprior`" in row
