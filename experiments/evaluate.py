@@ -99,6 +99,7 @@ def main(argv=None):
     results = evaluate(config, model, state, x_test, eval_key, workdir, args.num_samples)
     results.update(
         data=factory.data_protocol(config),
+        intensity=config.data.intensity,
         epochs=epochs,
         seconds_per_epoch=None,
         wall_s=time.time() - start,

@@ -4,6 +4,13 @@
         --command "python -m experiments.main ..."     (one line)
     python -m experiments.iwae_table render
 
+    python -m experiments.iwae_table attach --cell vae_1l_k1 --rescore runs/rescore/X.json
+        --command "python -m experiments.evaluate --params ... --intensity k255"
+
+``attach`` adds a re-score of a cell's parameters on other data
+(``experiments.evaluate --params --intensity``) to its record, beside the cell's own
+score.
+
 ``add`` reads a finished run (its config.json, results.json or a re-score of it,
 metrics.jsonl and checkpoint) and writes, under experiments/results/iwae_table/,
 ``<cell>.json`` (passes, seed, test NLL, ELBO, active units, training hours, the
@@ -93,6 +100,39 @@ def add(
     return record
 
 
+def protocol(record_config: dict) -> str:
+    """The short name of a run's data and start: scale, training images, output bias,
+    optimiser (a record from before a key existed reads as what that run used)."""
+    config = wd.config_from_record(record_config)
+    scale = {"k255": "k/255", "k256": "k/256"}[config.data.intensity]
+    images = {"classic": "50k", "burda": "59,600"}[config.data.split]
+    bias = {"zero": "zero bias", "train_mean_logit": "bias at train mean"}[config.model.output_bias]
+    optimizer = {"burda_adam": "authors' Adam"}.get(config.optimizer.name, config.optimizer.name)
+    return f"{scale}, {images}, {bias}, {optimizer}"
+
+
+def attach(cell: str, rescore: Path, command: str, table: Path = TABLE) -> dict:
+    """Add ``rescore`` (an ``experiments.evaluate --params`` JSON of this cell's
+    parameters) to the cell's record, keyed by the intensity it scored on."""
+    record_path = table / f"{cell}.json"
+    if not record_path.exists():
+        raise cli.UserError(f"no cell {cell!r}: {record_path} does not exist")
+    record = json.loads(record_path.read_text())
+    scored = json.loads(Path(rescore).read_text())
+    if "intensity" not in scored:
+        raise cli.UserError(f"{rescore} names no intensity: re-score with experiments.evaluate")
+    if scored.get("train_step") != record["train_step"]:
+        raise cli.UserError(
+            f"{rescore} scored step {scored.get('train_step')}, the cell is at step "
+            f"{record['train_step']}: not this cell's parameters"
+        )
+    keep = ("test_nll", "num_importance_samples", "test_examples", "test_elbo", "data")
+    entry = {key: scored[key] for key in keep} | {"command": command}
+    record.setdefault("rescores", {})[scored["intensity"]] = entry
+    wd.write_json(record_path, record)
+    return record
+
+
 def render(table: Path = TABLE) -> Path:
     """RESULTS.md: one row per recorded cell, ordered as the paper's table."""
     # a cell is a JSON beside its .msgpack (bench.json is no cell)
@@ -107,10 +147,19 @@ def render(table: Path = TABLE) -> Path:
         "fewer passes than the paper's 3,280 is a truncated schedule and is labelled so;",
         "`full schedule, projected` is the run's median seconds per epoch times 3,280.",
         "",
-        "| model | k | gradient | passes | seeds | test NLL | paper (3,280 passes) "
-        "| test ELBO | active units | train hours | s / epoch | full schedule, projected "
-        "| command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "`protocol` is the data the cell trained and was scored on (MNIST bytes / 255 or",
+        "/ 256, the training images), the output bias's start and the optimiser; the",
+        "paper's is k/255, 59,600 images. `at k/255` re-scores a k/256 cell's theta and phi",
+        "on k/255 test bits drawn with the same key (paired), without training: its",
+        "command is in the cell's record (`rescores`). The commands of k/256 cells ran",
+        "before 2026-12-04, when the IWAE configs had that protocol: to rerun one as it",
+        "was, add `--config.data.intensity=k256 --config.data.split=classic",
+        "--config.model.output_bias=zero`.",
+        "",
+        "| model | k | gradient | passes | seeds | protocol | test NLL | at k/255 "
+        "| paper (3,280 passes) | test ELBO | active units | train hours | s / epoch "
+        "| full schedule, projected | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_layer = r.get("active_units_per_layer") or [r["active_units"]]
@@ -119,10 +168,13 @@ def render(table: Path = TABLE) -> Path:
         per_epoch = f"{seconds:.2f}" if seconds else "n/a"
         projected = f"{seconds * r['of_passes'] / 3600:.1f} h" if seconds else "n/a"
         layers = "1 layer" if r["stochastic_layers"] == 1 else f"{r['stochastic_layers']} layers"
+        k255 = r.get("rescores", {}).get("k255")
+        at_k255 = f"{k255['test_nll']:.2f} (IS-{k255['num_importance_samples']})" if k255 else ""
         lines.append(
             f"| {r['objective'].upper()}, {layers} | {r['k']} | {r['gradient']} "
-            f"| {r['passes']} of {r['of_passes']} | {len(r['seeds'])} "
-            f"| {r['test_nll']:.2f} (IS-{r['num_importance_samples']}) | {r['paper_nll']} "
+            f"| {r['passes']} of {r['of_passes']} | {len(r['seeds'])} | {protocol(r['config'])} "
+            f"| {r['test_nll']:.2f} (IS-{r['num_importance_samples']}) | {at_k255} "
+            f"| {r['paper_nll']} "
             f"| {r['test_elbo']:.2f} | {units} | {r['train_hours']:.2f} "
             f"| {per_epoch} | {projected} | `{r['command']}` |"
         )
@@ -145,8 +197,14 @@ def main(argv=None):
     if args.action == "render":
         print(render())
         return None
+    if args.action == "attach":
+        if None in (args.cell, args.rescore, args.command):
+            raise cli.UserError("attach needs --cell, --rescore and --command (see --help)")
+        attach(args.cell, Path(args.rescore), args.command)
+        print(render())
+        return None
     if args.action != "add":
-        raise cli.UserError(f"unknown action {args.action!r}: choose add or render")
+        raise cli.UserError(f"unknown action {args.action!r}: choose add, attach or render")
     missing = [
         f"--{name}" for name in ("cell", "workdir", "command") if getattr(args, name) is None
     ]

@@ -45,6 +45,20 @@ def test_add_records_the_run_and_exports_theta_and_phi_only(tmp_path):
     params, out = str(table / "vae_1l_k1.msgpack"), str(tmp_path / "rescore.json")
     again = rescore.main(["--params", params, "--num-samples", "50", "--out", out])
     assert again["test_nll"] == results["test_nll"] and again["train_step"] == record["train_step"]
+    assert again["intensity"] == "k255" and "| k/255, 50k, zero bias, adam |" in rows
+    # on the other scale: other bits, so another number, attached beside the cell's own
+    other = str(tmp_path / "k256.json")
+    at_k256 = rescore.main(
+        ["--params", params, "--num-samples", "50", "--out", other, "--intensity", "k256"]
+    )
+    assert at_k256["intensity"] == "k256" and at_k256["test_nll"] != results["test_nll"]
+    assert at_k256["data"].startswith("MNIST bytes/256")
+    attached = iwae_table.attach("vae_1l_k1", Path(other), "python -m ...", table=table)
+    assert attached["rescores"]["k256"]["test_nll"] == at_k256["test_nll"]
+    assert attached["test_nll"] == results["test_nll"]  # the cell's own score is kept
+    with pytest.raises(iwae_table.cli.UserError, match="not this cell's parameters"):
+        Path(other).write_text(json.dumps({**at_k256, "train_step": 1}))
+        iwae_table.attach("vae_1l_k1", Path(other), "python -m ...", table=table)
 
 
 def _template(record):
