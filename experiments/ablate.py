@@ -22,7 +22,9 @@ from pathlib import Path
 from absl import flags
 
 from experiments import cli, report
+from experiments.cli import UserError
 from experiments.grids import GRIDS, arm_config, parse_grid, select_arms
+from experiments.workdir import config_differences
 
 
 def run_grid(grid: str, variant: str | None, seeds: int, workdir: Path, arms: list[str]) -> None:
@@ -33,11 +35,22 @@ def run_grid(grid: str, variant: str | None, seeds: int, workdir: Path, arms: li
     for seed in range(seeds):
         for arm in arms:
             run_dir = workdir / arm / f"seed{seed}"
+            config = arm_config(grid, arm, seed, variant)
             if (run_dir / "results.json").exists():
+                # reused only if it is this arm's run: a :smoke run, or one of an older
+                # version of the arm, must not be reported as the grid's
+                differing = config_differences(run_dir, config)
+                if differing:
+                    raise UserError(
+                        f"{run_dir} holds a finished run of another config "
+                        f"({', '.join(differing)}), not arm {arm!r} of grid {grid!r}"
+                        f"{':' + variant if variant else ''}: use another --workdir, or "
+                        "delete that run"
+                    )
                 print(f"{run_dir}: done, reused", flush=True)
                 continue
             print(f"{run_dir}: training", flush=True)
-            train_and_evaluate(arm_config(grid, arm, seed, variant), run_dir)
+            train_and_evaluate(config, run_dir)
 
 
 def _define(values: flags.FlagValues) -> None:

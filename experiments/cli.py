@@ -32,6 +32,13 @@ class UserError(ValueError):
     A ValueError, so callers that catch bad input as ValueError still do."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run: its message says what was kept and how to go on."""
+
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
+
+
 def fail(message: object) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with status 2."""
     text = " ".join(str(message).split())  # one line, however the message was built
@@ -136,12 +143,16 @@ def _not_missing_tpu_notice(record: logging.LogRecord) -> bool:
 
 def run(main: Callable[[], object]) -> None:
     """Run a command's ``main()``; a UserError, or a SystemExit that carries a
-    message (``raise SystemExit("error: ...")``), ends as one line, status 2."""
+    message (``raise SystemExit("error: ...")``), ends as one line, status 2; an
+    :class:`Interrupted` run as one line, status 130."""
     logging.getLogger("jax._src.xla_bridge").addFilter(_not_missing_tpu_notice)
     try:
         main()
     except UserError as error:
         fail(error)
+    except Interrupted as interrupted:
+        print(interrupted, file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED) from None
     except SystemExit as exit_:
         if isinstance(exit_.code, str):
             fail(exit_.code)

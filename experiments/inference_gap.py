@@ -44,7 +44,7 @@ from vae_jax.evaluate import (
 )
 from vae_jax.host import fit_local_in_batches, map_dataset
 from vae_jax.local import make_fit_local
-from vae_jax.schema import encoder_outputs
+from vae_jax.schema import encoder_outputs, is_amortised
 
 
 def measure(
@@ -154,6 +154,11 @@ def main(argv=None):
     start_time = time.time()
     workdir = Path(args.workdir)
     config, model, state, epochs, splits = restore_run(workdir)
+    if not is_amortised(state.phi):
+        raise cli.UserError(
+            f"{workdir} trained model.inference={config.model.inference!r}: phi is one q per "
+            "training image and there is no encoder, so there is no amortisation gap to measure"
+        )
     x = np.asarray(test_bits(workdir, config, splits)[: args.num_examples])
     gap = measure(
         model,

@@ -17,10 +17,13 @@ its start leaves the workdir as it was.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
@@ -89,30 +92,85 @@ def read_config_record(workdir: Path) -> dict | None:
     return record
 
 
-def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Refuse to resume a run of a different config: only RESUMABLE_CHANGES may differ."""
+@contextlib.contextmanager
+def hold(workdir: Path) -> Iterator[None]:
+    """Hold ``workdir`` for this process while the block runs: an exclusive OS lock
+    (``flock``) on the directory, which the kernel releases when the process ends,
+    however it ends. A second run on the same workdir is refused, naming the first."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{workdir} is in use by another run ({_lock_holder(workdir)}); wait for it "
+                "to end, or use another --workdir"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(path: Path) -> str:
+    """The process holding the flock on ``path``, from /proc/locks (Linux), or a
+    description without it where that cannot be read."""
+    inode = os.stat(path).st_ino
+    with contextlib.suppress(OSError, IndexError):
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF"
+            if fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[1] == str(inode):
+                pid = fields[4]
+                with contextlib.suppress(OSError):
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    return f"process {pid}: {b' '.join(command).decode(errors='replace').strip()}"
+                return f"process {pid}"
+    return "a process holds its lock"
+
+
+def config_differences(
+    workdir: Path, config: ml_collections.ConfigDict, allowed: tuple[str, ...] = ()
+) -> list[str]:
+    """``key: stored -> config`` for every key where the run recorded in ``workdir``
+    and ``config`` differ, keys in ``allowed`` excepted. A key the record lacks (it
+    is newer than the run) counts at the value the run had: ``BEFORE_KEY_EXISTED``
+    or the base default."""
     stored = read_config_record(workdir)
     if stored is None:
+        raise UserError(
+            f"{workdir / CONFIG_RECORD} is missing, so the config of the run in {workdir} is "
+            "unknown: put config.json back, or use a new --workdir"
+        )
+    stored = flatten_dict(json.loads(config_from_record(stored).to_json()), sep=".")
+    flat = flatten_dict(json.loads(config.to_json()), sep=".")
+    keys = sorted(set(stored) | set(flat))
+    return [
+        f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}"
+        for k in keys
+        if k not in allowed and stored.get(k) != flat.get(k)
+    ]
+
+
+def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse to resume a run of a different config: only RESUMABLE_CHANGES may differ.
+
+    A key newer than the run is compared at the value the run had (see
+    :func:`config_differences`), so overriding it on resume is refused too."""
+    if not (workdir / CONFIG_RECORD).exists():
         raise UserError(
             f"{workdir / CHECKPOINT} exists but {workdir / CONFIG_RECORD} does not, so the "
             "config that trained it is unknown: put config.json back, or use a new --workdir"
         )
-    stored = flatten_dict(stored, sep=".")
-    flat = flatten_dict(json.loads(config.to_json()), sep=".")
-    # Keys added to the configs after a run was started did not exist for it; the
-    # run had the behaviour from before each existed, and resuming must keep it.
-    added = sorted(set(flat) - set(stored))
-    if added:
-        print(f"{workdir}: config keys newer than this run, at defaults: {added}", file=sys.stderr)
-        stored.update(flatten_dict(json.loads(config_from_record({}).to_json()), sep="."))
-        stored.update(flatten_dict(read_config_record(workdir), sep="."))
-    differing = [
-        k for k in sorted(stored) if k not in RESUMABLE_CHANGES and stored[k] != flat.get(k)
-    ]
+    newer = sorted(
+        set(flatten_dict(json.loads(config.to_json()), sep="."))
+        - set(flatten_dict(read_config_record(workdir), sep="."))
+    )
+    if newer:
+        print(f"{workdir}: config keys newer than this run, at defaults: {newer}", file=sys.stderr)
+    differing = config_differences(workdir, config, RESUMABLE_CHANGES)
     if differing:
-        details = ", ".join(f"{k}: {stored.get(k)!r} -> {flat.get(k)!r}" for k in differing)
         raise UserError(
-            f"{workdir} holds a run of a different config ({details}); "
+            f"{workdir} holds a run of a different config ({', '.join(differing)}); "
             "use a new --workdir or delete the old run"
         )
 

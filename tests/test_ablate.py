@@ -44,6 +44,12 @@ def test_smoke_grid_runs_reuses_and_reports(tmp_path):
     published = sorted(p.name for p in (tmp_path / "published" / "priors").iterdir())
     assert published == ["RESULTS.md", "aggregate.png", "curves.png"]
 
+    # the full grid on this workdir would report the smoke runs as its own: refused
+    full = ["--grid", "priors", "--seeds", "2", "--workdir", str(tmp_path)]
+    with pytest.raises(UserError, match=r"standard_normal/seed0 holds a finished run of another"):
+        ablate.main([*full, "--arms", "standard_normal"])
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
 
 def test_unknown_grid_arm_or_override_is_a_clear_error(monkeypatch):
     with pytest.raises(UserError, match="unknown grid 'prior'"):

@@ -15,6 +15,7 @@ import pytest
 from experiments import evaluate as rescore
 from experiments import factory, inference_gap
 from experiments import train as train_module
+from experiments.cli import UserError
 from experiments.configs import default, iwae_1layer, kingma_welling
 from experiments.train import restore_run, train_and_evaluate
 from tests.conftest import fake_tfds
@@ -221,3 +222,12 @@ def test_a_tfds_dataset_runs_end_to_end(tmp_path):
             data__max_train_examples=100,
         )
     assert results["test_examples"] == 120 and len(lines) == 2
+
+
+def test_the_inference_gap_of_a_model_without_an_encoder_is_refused(tmp_path):
+    config = default.get_config("smoke")
+    config.eval.plots, config.model.inference = False, "per_datapoint"
+    config.train.epochs, config.eval.local_fit_steps = 1, 2
+    assert train_and_evaluate(config, tmp_path, stop_after_epoch=1) is None
+    with pytest.raises(UserError, match="no encoder, so there is no amortisation gap"):
+        inference_gap.main(["--workdir", str(tmp_path), "--num-examples", "10"])

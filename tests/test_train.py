@@ -407,3 +407,64 @@ def test_the_config_builds_the_authors_optimiser():
         if isinstance(s, train_module.BurdaAdamState)
     ]
     assert len(chained) == 1 and np.all(np.asarray(chained[0].nu["w"]) == 1.0)  # v starts at ones
+
+
+@pytest.mark.parametrize("bad_epoch", [1, 2])
+def test_a_nan_loss_is_one_line_naming_the_epoch_and_the_checkpoint_kept(
+    tmp_path, monkeypatch, bad_epoch
+):
+    from experiments import train as experiments_train
+
+    calls = []
+
+    def nan_at_bad_epoch(tree):
+        calls.append(1)
+        metrics = train_module.to_host(tree)
+        return {**metrics, "loss": float("nan")} if len(calls) == bad_epoch else metrics
+
+    monkeypatch.setattr(experiments_train, "to_host", nan_at_bad_epoch)
+    with pytest.raises(UserError) as failed:
+        train_and_evaluate(_smoke_config(train__epochs=3), tmp_path)
+    message = str(failed.value)
+    assert f"training loss became nan in epoch {bad_epoch}" in message and "\n" not in message
+    if bad_epoch == 1:
+        assert "no checkpoint was written" in message
+        assert not (tmp_path / "checkpoint.msgpack").exists()
+    else:
+        assert "the checkpoint after epoch 1 is kept" in message
+        assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config",
+        "experiments/configs/default.py:smoke",
+        "--config.train.epochs=100000",
+        "--config.eval.plots=False",
+        f"--workdir={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the test could use it"
+    # the same command again, while the first holds the workdir: refused, naming it
+    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr
+    refusal = second.stderr.strip().splitlines()[-1]
+    assert refusal.startswith(f"error: {tmp_path} is in use by another run (process {proc.pid}:")
+    assert proc.poll() is None  # the first run was not disturbed
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    saved = len(metrics.read_text().splitlines())
+    last = stderr.strip().splitlines()[-1]
+    assert last == f"interrupted after epoch {saved}; rerun the same command to resume"

@@ -289,3 +289,14 @@ def test_test_bits_are_one_fixed_draw_of_the_k255_intensities(trained):
         int(config.data.binarization_seed) + 2, load_mnist(intensity="k256").test[:40]
     )
     assert np.all(bits >= k256) and 0 < np.sum(bits != k256) < 0.01 * bits.size
+
+
+def test_a_key_newer_than_the_run_is_held_at_the_value_the_run_had(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    _drop_key_from_record(workdir, "train", "rng_impl")  # recorded before the key existed
+    before = _files(workdir)
+    with pytest.raises(UserError, match=r"train\.rng_impl: 'threefry2x32' -> 'rbg'"):
+        train_and_evaluate(_config(**{"train.epochs": 3, "train.rng_impl": "rbg"}), workdir)
+    assert _files(workdir) == before
+    assert train_and_evaluate(_config(**{"train.epochs": 3}), workdir, stop_after_epoch=3) is None
+    assert json.loads((workdir / "config.json").read_text())["train"]["rng_impl"] == "threefry2x32"
