@@ -199,3 +199,32 @@ def test_a_gradient_estimator_needs_the_iwae_objective():
     config.objective.gradient = "dreg"
     with pytest.raises(UserError, match="objective.gradient='dreg'.*objective.name='iwae'"):
         factory.check_config(config)
+
+
+def _nearly_deterministic(tree):
+    """A Gaussian MLP's tree whose sigma is at its clamp's floor (e^-10): a draw from
+    it is its mean to within 1e-4, so a sample shows what the link read."""
+    head = tree["log_scale"]
+    return {**tree, "log_scale": {**head, "bias": jnp.full_like(head["bias"], -1e4)}}
+
+
+def test_each_link_reads_the_sampled_block_below_it_not_its_mean_or_a_new_draw():
+    model = make_chain_vae(16, (4, 3), ((8,), (5,)))
+    theta, phi = model.init(jax.random.key(0))
+    x = (jax.random.uniform(jax.random.key(1), (16,)) < 0.5).astype(jnp.float32)
+    phi = {**phi, "q_z2_given_z1": _nearly_deterministic(phi["q_z2_given_z1"])}
+    theta = {**theta, "p_z1_given_z2": _nearly_deterministic(theta["p_z1_given_z2"])}
+    link_q, link_p = model.q_z_given_below[0], model.p_z_given_above[0]
+    # q(z2 | z1): z2 is the link's mean at the z1 in the same sample
+    z_SxL = model.posterior(phi, x).sample(jax.random.key(2), (50,))
+    z1, z2 = z_SxL[:, :4], z_SxL[:, 4:]
+    np.testing.assert_allclose(z2, link_q.apply(phi["q_z2_given_z1"], z1).loc, atol=1e-3)
+    z1_mean = model.q_z1_given_x.apply(phi["q_z1_given_x"], x).loc
+    at_mean = link_q.apply(phi["q_z2_given_z1"], z1_mean).loc
+    assert np.max(np.abs(z2 - at_mean[None])) > 0.01  # not read at E[z1 | x]
+    # p(z1 | z2): the prior is sampled z2 first; z1 is the link's mean at that z2
+    z_SxL = model.prior(theta, phi).sample(jax.random.key(3), (50,))
+    z1, z2 = z_SxL[:, :4], z_SxL[:, 4:]
+    np.testing.assert_allclose(z1, link_p.apply(theta["p_z1_given_z2"], z2).loc, atol=1e-3)
+    at_zero = link_p.apply(theta["p_z1_given_z2"], jnp.zeros(3)).loc
+    assert np.max(np.abs(z1 - at_zero[None])) > 0.01  # not read at the prior mean of z2

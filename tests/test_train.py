@@ -468,3 +468,19 @@ def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(t
     saved = len(metrics.read_text().splitlines())
     last = stderr.strip().splitlines()[-1]
     assert last == f"interrupted after epoch {saved}; rerun the same command to resume"
+
+
+def test_the_optimiser_uses_the_configs_adam_eps():
+    # one Adam step from zero moments moves each weight by lr * g_hat / (sqrt(v_hat) + eps)
+    # = lr * g / (|g| + eps): for |g| = 1e-5, eps 1e-4 gives lr / 11, eps 1e-8 about lr
+    config = default.get_config("smoke")
+    g = {"w": jnp.array([1e-5, -1e-5])}
+    steps = {}
+    for eps in (1e-4, 1e-8):
+        config.optimizer.eps = eps
+        optimizer = factory.build_optimizer(config, steps_per_epoch=10)
+        updates, _ = optimizer.update(g, optimizer.init(g), g)
+        steps[eps] = np.asarray(updates["w"])
+    lr = config.optimizer.learning_rate
+    np.testing.assert_allclose(steps[1e-4], [-lr * 1e-5 / 1.1e-4, lr * 1e-5 / 1.1e-4], rtol=1e-4)
+    np.testing.assert_allclose(steps[1e-8], [-lr, lr], rtol=1e-2)

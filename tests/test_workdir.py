@@ -5,6 +5,7 @@ one line, and leaves the workdir byte for byte as it was.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import factory, plots
+from experiments import workdir as wd
 from experiments.cli import UserError
 from experiments.configs import default, iwae_1layer, kingma_welling
 from experiments.train import restore_run, train_and_evaluate
@@ -38,8 +40,8 @@ def _config(**overrides):
     config.eval.chunk_size = 10
     config.eval.plots = False
     for dotted, value in overrides.items():
-        section, name = dotted.split(".")
-        config[section][name] = value
+        *section, name = dotted.split(".")
+        (config[section[0]] if section else config)[name] = value
     return config
 
 
@@ -222,7 +224,6 @@ def test_a_checkpoint_of_the_tuple_optimiser_layout_resumes(tmp_path):
     saved under paths 0 and 1: the same arrays, which resume into today's state."""
     import optax
 
-    from experiments import workdir as wd
     from vae_jax import checkpoint
     from vae_jax.models import make_vae
     from vae_jax.train import init_train_state
@@ -300,3 +301,29 @@ def test_a_key_newer_than_the_run_is_held_at_the_value_the_run_had(trained, tmp_
     assert _files(workdir) == before
     assert train_and_evaluate(_config(**{"train.epochs": 3}), workdir, stop_after_epoch=3) is None
     assert json.loads((workdir / "config.json").read_text())["train"]["rng_impl"] == "threefry2x32"
+
+
+def test_valid_and_test_bits_are_the_fixed_key_draw_whatever_the_runs_seed(tmp_path):
+    splits = load_mnist()
+    splits = Splits(splits.train[:10], splits.valid[:30], splits.test[:40])
+    bits = {}
+    for seed in (0, 1):
+        config = _config(**{"seed": seed})
+        bits[seed] = wd.eval_splits(tmp_path / f"seed{seed}", config, splits)
+    for name, x, offset in (("valid", splits.valid, 1), ("test", splits.test, 2)):
+        fixed = binarize_once(int(config.data.binarization_seed) + offset, x)
+        index = ("valid", "test").index(name)
+        np.testing.assert_array_equal(bits[0][index], fixed)
+        np.testing.assert_array_equal(bits[1][index], fixed)
+    assert not np.array_equal(bits[0][0][:30], binarize_once(0, splits.valid))  # not the seed's
+
+
+@pytest.mark.parametrize(
+    "key,value", [("objective.num_samples", 3), ("model.activation", "relu"), ("seed", 5)]
+)
+def test_resuming_with_a_change_that_keeps_every_shape_is_refused(trained, tmp_path, key, value):
+    workdir = _copy(trained, tmp_path)
+    before = _files(workdir)
+    with pytest.raises(UserError, match=rf"{re.escape(key)}: .* -> {value!r}"):
+        train_and_evaluate(_config(**{"train.epochs": 3, key: value}), workdir)
+    assert _files(workdir) == before
