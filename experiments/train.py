@@ -89,6 +89,13 @@ def train_and_evaluate(
             f"(experiments.evaluate re-scores this one)"
         )
     history = wd.read_metrics(workdir, completed)
+    scored = wd.read_results(workdir)
+    if completed == epochs and scored and scored.get("train_step") == int(state.step):
+        # The same config (checked above) and this very checkpoint: IS would repeat
+        # the same draws for the same number. Delete results.json to score it again.
+        print(f"{workdir}: trained and scored already (step {int(state.step)})", file=sys.stderr)
+        print(summary_table(scored, workdir))
+        return scored
 
     # Every check has passed: from here on the workdir is written, by this process
     # alone (a second run on it is refused while this one holds it).

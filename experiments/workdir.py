@@ -199,6 +199,16 @@ def stored_config(workdir: Path) -> ml_collections.ConfigDict:
     return config_from_record(read_config_record(workdir))
 
 
+def read_results(workdir: Path) -> dict | None:
+    """results.json of ``workdir``, or None if there is none or it cannot be read
+    (the run is then scored again, which rewrites it whole)."""
+    try:
+        results = json.loads((workdir / RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
 def config_from_record(record: dict) -> ml_collections.ConfigDict:
     """A config.json (or a run's recorded config) over today's defaults, or over the
     value a key had before it existed where that differs (``BEFORE_KEY_EXISTED``)."""

@@ -484,3 +484,22 @@ def test_the_optimiser_uses_the_configs_adam_eps():
     lr = config.optimizer.learning_rate
     np.testing.assert_allclose(steps[1e-4], [-lr * 1e-5 / 1.1e-4, lr * 1e-5 / 1.1e-4], rtol=1e-4)
     np.testing.assert_allclose(steps[1e-8], [-lr, lr], rtol=1e-2)
+
+
+def test_rerunning_a_finished_run_returns_its_score_without_scoring_again(tmp_path, monkeypatch):
+    from experiments import train as experiments_train
+
+    config = _smoke_config()
+    first = train_and_evaluate(config, tmp_path)
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a finished, scored run was evaluated again")
+
+    monkeypatch.setattr(experiments_train, "evaluate", no_scoring)
+    assert train_and_evaluate(config, tmp_path) == first
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+    # results.json of another checkpoint (or none) is scored again
+    (tmp_path / "results.json").write_text(json.dumps({**first, "train_step": 1}))
+    with pytest.raises(AssertionError, match="evaluated again"):
+        train_and_evaluate(config, tmp_path)
