@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import jax
 from absl import flags
 
-from experiments import cli, factory
+from experiments import cli, factory, iwae_table
 from experiments.factory import PLOT_TEST_IMAGES
 from experiments.train import evaluate, restore_run, summary_table
 from experiments.workdir import config_from_record, test_bits, write_json
@@ -56,6 +56,12 @@ def restore_params(path: Path, intensity: str = ""):
             "it (written by python -m experiments.iwae_table add)"
         )
     record = json.loads(record_path.read_text())
+    named = record.get("params_sha256")
+    if named is not None and named != iwae_table.sha256(path):
+        raise cli.UserError(
+            f"--params {path} is not the file its record {record_path.name} describes (its "
+            f"SHA-256 differs from the record's): put the cell's own parameters back"
+        )
     config = config_from_record(record["config"])
     if intensity:
         config.data.intensity = intensity

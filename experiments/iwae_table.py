@@ -22,6 +22,7 @@ each, and projects the full 3,280-pass schedule from each run's seconds per epoc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -95,9 +96,16 @@ def add(
         "command": command,
         "config": record_config,
     }
-    checkpoint.save(table / f"{cell}.msgpack", {"theta": state.theta, "phi": state.phi})
+    params = table / f"{cell}.msgpack"
+    checkpoint.save(params, {"theta": state.theta, "phi": state.phi})
+    record["params_sha256"] = sha256(params)
     wd.write_json(table / f"{cell}.json", record)
     return record
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256: a record names the one parameter file it describes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def protocol(record_config: dict) -> str:

@@ -70,6 +70,7 @@ def _template(record):
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
 def test_committed_params_load_into_the_model_their_record_names(path: Path):
     record = json.loads(path.with_suffix(".json").read_text())
+    assert record["params_sha256"] == iwae_table.sha256(path)  # the record's own file
     template = _template(record)
     saved = checkpoint.restore(path, template)  # refuses any shape that differs
     assert jax.tree_util.tree_structure(saved) == jax.tree_util.tree_structure(template)
@@ -77,3 +78,20 @@ def test_committed_params_load_into_the_model_their_record_names(path: Path):
     layers = record["stochastic_layers"]
     expected = {1: {"p_z", "p_x_given_z"}, 2: {"p_z2", "p_z1_given_z2", "p_x_given_z1"}}[layers]
     assert set(saved["theta"]) == expected
+
+
+def test_another_cells_parameters_are_refused_by_name(tmp_path):
+    from experiments import evaluate as rescore
+
+    cells = {p.stem: p for p in COMMITTED}
+    # same shapes, another cell: the record's SHA-256 tells them apart
+    swapped = tmp_path / "vae_1l_k1.msgpack"
+    swapped.write_bytes(cells["iwae_1l_k5"].read_bytes())
+    (tmp_path / "vae_1l_k1.json").write_bytes(cells["vae_1l_k1"].with_suffix(".json").read_bytes())
+    with pytest.raises(iwae_table.cli.UserError, match="not the file its record vae_1l_k1.json"):
+        rescore.main(["--params", str(swapped), "--num-samples", "2"])
+    # another model's tree: named as such, not as a truncated or corrupt file
+    record = json.loads(cells["vae_1l_k1"].with_suffix(".json").read_text())
+    with pytest.raises(ValueError, match="holds parameters for a different model") as refused:
+        checkpoint.restore(cells["vae_2l_k1"], _template(record))
+    assert "corrupt" not in str(refused.value)

@@ -61,13 +61,18 @@ def restore(path: str | Path, template: Any, upgrade: Callable[[dict], dict] | N
     data = Path(path).read_bytes()
     try:
         raw = serialization.msgpack_restore(data)
-        if upgrade is not None:
-            raw = upgrade(raw)
-        restored = serialization.from_state_dict(template, raw)
-    except Exception as error:  # msgpack and flax raise several types for bad bytes
+    except Exception as error:  # msgpack raises several types for bad bytes
         raise ValueError(
             f"checkpoint {path} is unreadable ({len(data)} bytes, truncated or corrupt: "
             f"{type(error).__name__}: {error})"
+        ) from error
+    try:
+        restored = serialization.from_state_dict(template, raw if upgrade is None else upgrade(raw))
+    except Exception as error:  # flax names the first key or leaf that does not fit
+        first_line = (str(error).splitlines() or [""])[0]
+        raise ValueError(
+            f"checkpoint {path} is readable but holds parameters for a different model "
+            f"(its tree does not fit this model's: {type(error).__name__}: {first_line})"
         ) from error
     for want, got in zip(
         jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored), strict=True
