@@ -14,6 +14,7 @@ others through :func:`parse`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import textwrap
@@ -150,6 +151,10 @@ def run(main: Callable[[], object]) -> None:
         main()
     except UserError as error:
         fail(error)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        fail(error.strerror or error)  # a full disk: the file, the space, what is kept
     except Interrupted as interrupted:
         print(interrupted, file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPTED) from None

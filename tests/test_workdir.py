@@ -327,3 +327,40 @@ def test_resuming_with_a_change_that_keeps_every_shape_is_refused(trained, tmp_p
     with pytest.raises(UserError, match=rf"{re.escape(key)}: .* -> {value!r}"):
         train_and_evaluate(_config(**{"train.epochs": 3, key: value}), workdir)
     assert _files(workdir) == before
+
+
+def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_last_checkpoint(
+    trained, tmp_path, monkeypatch, capsys
+):
+    import errno
+    import os
+
+    from experiments import cli
+    from vae_jax import checkpoint
+
+    workdir = _copy(trained, tmp_path)
+    before = _files(workdir)
+
+    fsync = os.fsync
+
+    def disk_full_for_checkpoints(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("checkpoint"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full_for_checkpoints)
+
+    def resume():
+        train_and_evaluate(_config(**{"train.epochs": 3}), workdir)
+
+    with pytest.raises(SystemExit) as ended:
+        cli.run(resume)
+    assert ended.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        f"error: no space left to write {workdir / 'checkpoint.msgpack'}: it needs "
+    )
+    assert "are free; the previous file is intact" in line
+    after = _files(workdir)
+    assert after["checkpoint.msgpack"] == before["checkpoint.msgpack"]
+    assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]

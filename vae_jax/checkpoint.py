@@ -8,7 +8,9 @@ never stored: training derives them from the seed and the step counter.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,16 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise OSError(
+            error.errno,
+            f"no space left to write {path}: it needs {len(data):,} bytes, "
+            f"{shutil.disk_usage(path.parent).free:,} are free; {kept}",
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
