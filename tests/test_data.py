@@ -144,3 +144,15 @@ def test_tfds_splits_must_be_disjoint():
         config.data.tfds_splits = ("train[:20]", "train[15:]", "test")
         with pytest.raises(UserError, match="5 images of the valid split are also in the train"):
             factory.load_data(config)
+
+
+def test_binarization_entropy_is_the_bernoulli_entropy_summed_over_pixels():
+    from vae_jax.data import binarization_entropy
+
+    x = np.array([[0.5, 0.5, 0.0, 1.0], [0.1, 0.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(
+        binarization_entropy(x), [2 * np.log(2), -(0.1 * np.log(0.1) + 0.9 * np.log(0.9))]
+    )
+    # MNIST's bits at k/256 carry more noise than at k/255, never less
+    k255, k256 = load_mnist().test[:500], load_mnist(intensity="k256").test[:500]
+    assert np.all(binarization_entropy(k256) > binarization_entropy(k255))

@@ -270,3 +270,13 @@ def check_disjoint(splits: Splits, what: str = "the splits") -> None:
                     f"{earlier_name} split; the splits must be disjoint"
                 )
         earlier[name] = rows
+
+
+def binarization_entropy(x_NxD: np.ndarray) -> np.ndarray:
+    """[N] nats: the entropy of one dynamic binarisation of each image,
+    sum_d H(Bernoulli(x_d)). No model of the bits can score better on average than
+    this, even one told each image's intensities: it is the noise the draw adds."""
+    p = np.asarray(x_NxD, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.log(p) + (1 - p) * np.log1p(-p))
+    return np.sum(np.nan_to_num(h), axis=1)  # 0 log 0 = 0 at p in {0, 1}
