@@ -14,7 +14,6 @@ others through :func:`parse`.
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 import textwrap
@@ -152,7 +151,9 @@ def run(main: Callable[[], object]) -> None:
     except UserError as error:
         fail(error)
     except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        from vae_jax.checkpoint import DISK_FULL  # jax only once something has failed
+
+        if error.errno not in DISK_FULL:
             raise
         fail(error.strerror or error)  # a full disk: the file, the space, what is kept
     except Interrupted as interrupted:

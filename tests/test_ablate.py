@@ -48,6 +48,8 @@ def test_smoke_grid_runs_reuses_and_reports(tmp_path):
     full = ["--grid", "priors", "--seeds", "2", "--workdir", str(tmp_path)]
     with pytest.raises(UserError, match=r"standard_normal/seed0 holds a finished run of another"):
         ablate.main([*full, "--arms", "standard_normal"])
+    with pytest.raises(UserError, match=r"standard_normal/seed0 holds a run of another config"):
+        ablate.main([*full, "--arms", "standard_normal", "--report-only"])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 

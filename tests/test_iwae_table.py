@@ -52,13 +52,15 @@ def test_add_records_the_run_and_exports_theta_and_phi_only(tmp_path):
         ["--params", params, "--num-samples", "50", "--out", other, "--intensity", "k256"]
     )
     assert at_k256["intensity"] == "k256" and at_k256["test_nll"] != results["test_nll"]
-    assert at_k256["data"].startswith("MNIST bytes/256")
+    assert at_k256["data"].startswith("MNIST at k/256")
     attached = iwae_table.attach("vae_1l_k1", Path(other), "python -m ...", table=table)
     assert attached["rescores"]["k256"]["test_nll"] == at_k256["test_nll"]
     assert attached["test_nll"] == results["test_nll"]  # the cell's own score is kept
-    with pytest.raises(iwae_table.cli.UserError, match="not this cell's parameters"):
-        Path(other).write_text(json.dumps({**at_k256, "train_step": 1}))
+    with pytest.raises(iwae_table.cli.UserError, match="not cell 'vae_1l_k1''s parameters"):
+        Path(other).write_text(json.dumps({**at_k256, "params_sha256": "0" * 64}))
         iwae_table.attach("vae_1l_k1", Path(other), "python -m ...", table=table)
+    with pytest.raises(iwae_table.cli.UserError, match="scored MNIST at k256, but the run"):
+        iwae_table.add("vae_1l_k1", run, "python -m ...", Path(other), table=table)
 
 
 def _template(record):

@@ -23,7 +23,7 @@ def main() -> None:
     oldest = (ROOT / "requirements" / "oldest.txt").read_text().splitlines()
     for name, version in (line.split("==") for line in oldest if "==" in line):
         installed = importlib.metadata.version(name)
-        assert installed == version, f"installing the wheel changed {name}: {version} -> {installed}"
+        assert installed == version, f"the wheel changed {name}: {version} -> {installed}"
     # (absl-py comes with optax itself, so it is no sign of the experiment tools)
     for tool in ("tensorflow_datasets", "ml_collections", "matplotlib", "tqdm"):
         assert importlib.util.find_spec(tool) is None, f"the wheel pulled in {tool}"

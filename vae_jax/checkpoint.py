@@ -21,6 +21,10 @@ import numpy as np
 from flax import serialization
 
 
+# The errors of a full disk or quota: reported with the file and the space it needs.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all: every file vae_jax writes
     (checkpoints, records, bits) goes through here."""
@@ -38,7 +42,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if error.errno not in DISK_FULL:
             raise
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise OSError(

@@ -107,7 +107,8 @@ def make_elbo_terms(model: LatentVariableModel, num_samples: int = 1) -> Callabl
         if isinstance(q_z, Chain):  # stochastic layers: E[z | x] by Monte Carlo
             mean_key = jax.random.fold_in(example_key, CHAIN_MEAN_STREAM)
             posterior_mean = q_z.estimate_mean(mean_key, CHAIN_MEAN_DRAWS)
-            # KL per layer, E_q[log q(z_i | .) - log p(z_i | .)]; they sum to the KL
+            # the KL's term per layer, E_q[log q(z_i | .) - log p(z_i | .)] (the z1 term is
+            # not itself a KL and may be negative); in expectation they sum to the KL
             z_SxL = q_z.sample(jax.random.fold_in(example_key, CHAIN_KL_STREAM), (CHAIN_KL_DRAWS,))
             log_ratio_SxK = q_z.log_prob_per_layer(z_SxL) - p_z.log_prob_per_layer(z_SxL)
             kl_per_layer = jnp.mean(log_ratio_SxK, axis=0)
