@@ -20,7 +20,6 @@ import jax
 import numpy as np
 from flax import serialization
 
-
 # The errors of a full disk or quota: reported with the file and the space it needs.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
