@@ -236,6 +236,12 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert resumed["test_nll"] == straight["test_nll"]
 
 
+def _smoke_command(*flags: str) -> list[str]:
+    """``python -m experiments.main`` on the smoke config without plots, plus ``flags``."""
+    config = ["--config", "experiments/configs/default.py:smoke", "--config.eval.plots=False"]
+    return [sys.executable, "-m", "experiments.main", *config, *flags]
+
+
 @pytest.mark.slow
 def test_kill_dash_nine_mid_run_then_resume(tmp_path):
     """SIGKILL the real command while it trains; rerunning it finishes identically.
@@ -243,16 +249,9 @@ def test_kill_dash_nine_mid_run_then_resume(tmp_path):
     The reference trains in-process and stops after its last epoch (the comparison is
     of checkpoints and metrics, so it skips the scoring the rerun does)."""
     epochs, images = 6, 1000  # 20 steps an epoch: the kill lands well before the end
-    args = [
-        sys.executable,
-        "-m",
-        "experiments.main",
-        "--config",
-        "experiments/configs/default.py:smoke",
-        f"--config.train.epochs={epochs}",
-        f"--config.data.max_train_examples={images}",
-        "--config.eval.plots=False",
-    ]
+    args = _smoke_command(
+        f"--config.train.epochs={epochs}", f"--config.data.max_train_examples={images}"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     straight = _smoke_config(
         train__epochs=epochs, data__max_train_examples=images, eval__plots=False
@@ -443,16 +442,7 @@ def test_a_nan_loss_is_one_line_naming_the_epoch_and_the_checkpoint_kept(
 
 @pytest.mark.slow
 def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "experiments.main",
-        "--config",
-        "experiments/configs/default.py:smoke",
-        "--config.train.epochs=100000",
-        "--config.eval.plots=False",
-        f"--workdir={tmp_path}",
-    ]
+    args = _smoke_command("--config.train.epochs=100000", f"--workdir={tmp_path}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
