@@ -9,6 +9,7 @@ results.json and plots. ``experiments.main`` is its command line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -70,11 +71,14 @@ def train_and_evaluate(
     workdir = Path(workdir)
     factory.check_config(config)
     wd.check_path(workdir)
-    # From here on the workdir is this process's alone (a second run on it is refused
-    # while this one holds it), so what the checks read is what this run continues.
-    with wd.hold(workdir):
+    # The workdir is this process's alone while it runs (a second run on it is refused):
+    # an existing one from before the checks read it, so what they read is what this
+    # run continues; a new one from its creation, when the checks have passed.
+    with contextlib.ExitStack() as held:
+        if workdir.exists():
+            held.enter_context(wd.hold(workdir))
         try:
-            return _train_and_evaluate(config, workdir, stop_after_epoch, start_time)
+            return _train_and_evaluate(config, workdir, stop_after_epoch, start_time, held)
         except KeyboardInterrupt:  # before the first epoch's loop (loading, building)
             raise Interrupted(
                 "interrupted before training began; rerun the same command to start"
@@ -82,9 +86,14 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: Path, stop_after_epoch: int | None, start_time
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    stop_after_epoch: int | None,
+    start_time: float,
+    held: contextlib.ExitStack,
 ) -> dict | None:
-    """:func:`train_and_evaluate` once the workdir is held."""
+    """:func:`train_and_evaluate` once an existing workdir is held (a new one is
+    created and held in ``held`` after the checks)."""
     if (workdir / wd.CHECKPOINT).exists():
         wd.check_same_run(workdir, config)
     splits = factory.load_data(config)
@@ -119,6 +128,8 @@ def _train_and_evaluate(
         return scored
 
     # Every check has passed: from here on the workdir is written.
+    if not workdir.exists():
+        held.enter_context(wd.hold(workdir))
     wd.record_config(workdir, config, completed)
     if completed:
         print(f"resuming {workdir} after epoch {completed}", file=sys.stderr)

@@ -444,7 +444,9 @@ def test_a_nan_loss_is_one_line_naming_the_epoch_and_the_checkpoint_kept(
 def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(tmp_path):
     args = _smoke_command("--config.train.epochs=100000", f"--workdir={tmp_path}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # stderr to a file: a pipe nobody reads fills with the progress bar and blocks the run
+    log = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=log, stdout=subprocess.DEVNULL)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
@@ -457,7 +459,9 @@ def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(t
     assert refusal.startswith(f"error: {tmp_path} is in use by another run (process {proc.pid}:")
     assert proc.poll() is None  # the first run was not disturbed
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    log.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130
     assert "Traceback" not in stderr
     # metrics.jsonl is appended just before the checkpoint is saved, so it may hold one
