@@ -321,19 +321,33 @@ def results_markdown(
         "",
         results_table(runs, spec.columns or STANDARD_COLUMNS),
         "",
-        "NLL, ELBO and KL are nats per test image. `KL(q_agg,N‖p), sampled` is a Monte "
-        "Carlo estimate of KL from the aggregate posterior q_agg,N (the mixture of q(z|x) "
-        f"over the N = {first['test_examples']:,} test images) to the model's own prior, "
-        "and `I_N(x;z), sampled` the mutual information of that mixture, on the same "
-        "draws. They split the average KL: KL(q‖p) = I_N(x;z) + KL(q_agg,N‖p) (Hoffman & "
-        f"Johnson 2016), and I_N <= log N = {math.log(first['test_examples']):.2f} nats. "
-        "An encoder whose N posteriors barely overlap has I_N near log N, and then "
-        "KL(q_agg,N‖p) is KL(q‖p) minus about log N: it depends on N, falls as N grows, "
-        "and says little the KL column does not. `KL(moments‖N(0,I))` compares only the "
-        "aggregate's per-dimension mean and variance with N(0, I). Train seconds sum "
-        "the epochs (the first includes compilation).",
+        "NLL, ELBO and KL are nats per test image. Train seconds sum the epochs (the "
+        "first includes compilation).",
         "",
     ]
+    columns = spec.columns or STANDARD_COLUMNS
+    if "aggregate_kl" in columns:
+        text += [
+            "`KL(q_agg,N‖p), sampled` is a Monte Carlo estimate of KL from the aggregate "
+            "posterior q_agg,N (the mixture of q(z|x) over the "
+            f"N = {first['test_examples']:,} test images) to the model's own prior, and "
+            "`I_N(x;z), sampled` the mutual information of that mixture, on the same draws. "
+            "They split the average KL: KL(q‖p) = I_N(x;z) + KL(q_agg,N‖p) (Hoffman & "
+            f"Johnson 2016), and I_N <= log N = {math.log(first['test_examples']):.2f} nats. "
+            "An encoder whose N posteriors barely overlap has I_N near log N, and then "
+            "KL(q_agg,N‖p) is KL(q‖p) minus about log N: it depends on N, falls as N grows, "
+            "and says little the KL column does not. `KL(moments‖N(0,I))` compares only "
+            "the aggregate's per-dimension mean and variance with N(0, I).",
+            "",
+        ]
+    if "kl_per_layer" in columns:
+        text += [
+            "`KL terms per layer` are E_q[log q(z_i | .) - log p(z_i | .)], 100 draws per "
+            "test image; in expectation they sum to the KL, but the z1 term is no KL. A decoder "
+            "unit is saturated when its activation moves by less than 0.01 over the test "
+            "images at their posterior means.",
+            "",
+        ]
     if spec.reference:
         text += [
             "## Each change against the arm it changes (paired by seed)",
