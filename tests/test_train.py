@@ -446,7 +446,16 @@ def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(t
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # stderr to a file: a pipe nobody reads fills with the progress bar and blocks the run
     log = (tmp_path / "stderr.txt").open("w")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=log, stdout=subprocess.DEVNULL)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: give the child the default, as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stderr=log,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text()):
