@@ -447,14 +447,16 @@ def test_a_second_start_on_a_running_workdir_is_refused_and_ctrl_c_is_one_line(t
     # stderr to a file: a pipe nobody reads fills with the progress bar and blocks the run
     log = (tmp_path / "stderr.txt").open("w")
     # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored
-    # SIGINT ignored: give the child the default, as a terminal's Ctrl-C would find it.
+    # SIGINT ignored: the child resets it to the default, as a terminal's Ctrl-C would
+    # find it, then becomes the command (exec; a preexec_fn would fork a JAX process).
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    reset += "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     proc = subprocess.Popen(
-        args,
+        [sys.executable, "-c", reset, *args[1:]],
         cwd=ROOT,
         env=env,
         stderr=log,
         stdout=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
