@@ -158,9 +158,9 @@ def scale_by_burda_adam(
     gradient is summed over the batch (:func:`burda_adam`).
     """
 
-    def init_fn(params):
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        ones = jax.tree_util.tree_map(jnp.ones_like, params)
+    def init_fn(tree):  # {"theta": ..., "phi": ...}, as the optimiser sees it
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, tree)
+        ones = jax.tree_util.tree_map(jnp.ones_like, tree)
         return BurdaAdamState(jnp.zeros([], jnp.int32), zeros, ones)
 
     def update_fn(updates, state, params=None):
