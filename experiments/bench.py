@@ -1,14 +1,23 @@
 """`make bench`: speed and memory of vae_jax against references measured in the same run.
 
     make bench    # installs .venv-torch (torch==2.13.0, CPU) first, then runs:
-    python -m experiments.bench [--rounds 5] [--is-examples 10000] [--no-torch] [--smoke]
+    python -m experiments.bench [--rounds 5] [--is-examples 10000] [--no-torch]
+                                [--only pytorch] [--smoke]
 
 Reports medians over ``--rounds`` of:
   * this machine's dense float32 matmul peak (2048^3), the yardstick for GFLOP/s;
-  * one training epoch (50k images) of the 784-400-20 ReLU MLP VAE at batch 128,
-    vae_jax vs PyTorch's examples/vae loop (experiments/bench_torch.py, run in
-    .venv-torch, which `make install-torch` creates), epochs interleaved so both
-    see the same machine load; the ratio is vae_jax time / PyTorch time;
+  * vae_jax against PyTorch (experiments/bench_torch.py, run in .venv-torch, which
+    `make install-torch` creates) on two models: the 784-400-20 ReLU MLP VAE of
+    PyTorch's examples/vae at batch 128 (50k images), and the IWAE table's step
+    (784-200-200-50 tanh, batch 20, dynamic binarisation, Adam eps 1e-4) at k = 1
+    (VAE) and k = 5 (IWAE), timed on 10k images and scaled to 50k. PyTorch runs as
+    examples/vae writes its loop and as the fastest idiomatic loops measured here
+    (fused with-logits loss, one host read per epoch, index batches, fused Adam;
+    also torch.compile'd, and on 1 thread), each interleaved with vae_jax's epochs
+    (the same load for all) and standalone (epochs back to back, as a user times a
+    loop); make run's-size model's loops are also served with nothing in between.
+    Ratios are vae_jax's time / the fastest PyTorch time of any loop, either way;
+    ``--only pytorch`` stops after this part;
   * one epoch of the IWAE 1-layer architecture (784-200-200-50) at batch 100,
     as achieved GFLOP/s against the matmul peak;
   * IS-5000 log p(x) over the test images (IWAE architecture): seconds, images/s,
@@ -23,7 +32,7 @@ Reports medians over ``--rounds`` of:
     50, reparam and DReG), timed on 10k training images and scaled to 50k, with the
     full 3,280-pass schedule's projected hours;
   * the VampPrior (K = 500) against N(0, I) on make run's model, as a ratio.
-Every case trains through experiments.factory.build, the code of a real run.
+The IWAE-table cases train through experiments.factory.build, the code of a real run.
 Results are printed and written to runs/bench/bench.json.
 
 ``--smoke`` runs the same code at toy size (512 random images, one
@@ -213,17 +222,15 @@ class Served:
 
 
 class TorchEpoch(Served):
-    """The PyTorch reference (experiments/bench_torch.py) in .venv-torch."""
+    """A PyTorch reference loop (experiments/bench_torch.py) in .venv-torch, served over
+    stdin; its first epoch (allocator warm-up, and torch.compile's compile) is run
+    before any is timed, as a user discards a loop's first epoch."""
 
     name = "the PyTorch reference"
 
-    def __init__(self, python: Path, x_train: np.ndarray):
-        self.tmp = tempfile.NamedTemporaryFile(suffix=".npy", delete=False)
-        self.tmp.close()
-        np.save(self.tmp.name, x_train)
-        super().__init__(
-            reference_argv(python, ROOT / "experiments" / "bench_torch.py", self.tmp.name)
-        )
+    def __init__(self, python: Path, x_train: np.ndarray, *options: str, warm_up: bool = True):
+        self.tmp = _saved(x_train)
+        super().__init__(torch_argv(python, self.tmp, *options))
         want = TORCH_PIN.split("==")[1]
         if not self.info["torch"].startswith(want):
             self.close()
@@ -231,10 +238,117 @@ class TorchEpoch(Served):
                 f"error: {python} has torch {self.info['torch']}, the benchmark pins {TORCH_PIN}: "
                 f"remove {python.parents[1]} and run `make bench` again"
             )
+        if warm_up:
+            self.run()
 
     def close(self):
         super().close()
-        Path(self.tmp.name).unlink(missing_ok=True)
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def _saved(x: np.ndarray) -> str:
+    """``x`` in a temporary .npy file, for a reference process to load."""
+    tmp = tempfile.NamedTemporaryFile(suffix=".npy", delete=False)
+    tmp.close()
+    np.save(tmp.name, x)
+    return tmp.name
+
+
+def torch_argv(python: Path, data: str, *options: str) -> list[str]:
+    return reference_argv(python, ROOT / "experiments" / "bench_torch.py", data, *options)
+
+
+def torch_standalone(python: Path, x_train: np.ndarray, rounds: int, *options: str) -> float:
+    """Median seconds of epochs 2 .. rounds + 1 of a reference loop run the way a user
+    times one: a single process, epochs back to back, nothing else in between."""
+    data = _saved(x_train)
+    try:
+        argv = torch_argv(python, data, *options, "--standalone", str(rounds + 1))
+        result = subprocess.run(argv, capture_output=True, text=True)
+    finally:
+        Path(data).unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise SystemExit(
+            f"error: the PyTorch reference exited (status {result.returncode}): "
+            + (result.stderr.strip().splitlines() or [""])[-1]
+        )
+    lines = [json.loads(line) for line in result.stdout.splitlines()[1:]]
+    return float(np.median([line["seconds"] for line in lines[1:]]))
+
+
+# The PyTorch comparison: each model in two loop styles (experiments/bench_torch.py's
+# docstring). The IWAE table's step is timed on the first CELL_IMAGES training images and
+# scaled to the 50k epoch, like the cells below.
+# bench_torch.py's CHANGES (tests/test_bench.py checks they agree): what its fast loop
+# changes in the examples loop, each measurable alone (speed_profile torch-loop-parts).
+TORCH_CHANGES = ("index_batches", "fused_loss", "one_sync", "fused_adam")
+TORCH_LOOPS = {
+    "examples": ("--loop", "examples"),
+    "fast": ("--loop", "fast"),
+    "fast_compiled": ("--loop", "fast", "--compile"),
+    "fast_1thread": ("--loop", "fast", "--threads", "1"),
+}
+TORCH_MODELS = {
+    # name: (bench_torch.py options, the vae_jax case timed against them)
+    "vae400": (("--model", "vae400"), "vae400"),
+    "iwae_k1": (("--model", "iwae", "--k", "1"), "1layer_k1"),
+    "iwae_k5": (("--model", "iwae", "--k", "5"), "1layer_iwae_k5"),
+}
+
+
+def vae400_epoch(x_train, options) -> Epoch:
+    """examples/vae's model and training in vae_jax (grey values as targets)."""
+    return mlp_epoch(x_train, (400,), 20, "relu", 128, False, options)
+
+
+def bench_pytorch(x_train: np.ndarray, python: Path, rounds: int, sizes: Sizes) -> dict:
+    """vae_jax against both PyTorch loops, per model: interleaved epochs (the same load
+    for all), and each PyTorch loop also standalone. For make run's-size model the
+    examples loop is also served with nothing in between (an idle partner), which
+    separates the harness from the interleaving. Ratios are vae_jax / the fastest
+    PyTorch time of any loop under any of these conditions."""
+    options, report = sizes.compiler_options, {}
+    for model, (model_options, jax_case) in TORCH_MODELS.items():
+        if model == "vae400":
+            x, scale, jax_epoch = x_train, 1.0, vae400_epoch(x_train, options)
+            report["train_compile_seconds"] = jax_epoch.compile_seconds
+        else:
+            x = x_train[:CELL_IMAGES]
+            scale = x_train.shape[0] / x.shape[0]
+            config = case_config({**AB_CASES, **CELL_CASES}[jax_case], "iwae", False)
+            jax_epoch = config_epoch(config, x, options)
+        arms = {"vae_jax": jax_epoch}
+        try:
+            for loop, loop_options in TORCH_LOOPS.items():
+                arms[f"pytorch_{loop}"] = TorchEpoch(python, x, *model_options, *loop_options)
+            seconds = interleaved(arms, rounds, f"{model}: vae_jax vs PyTorch")
+            if model == "vae400":
+                for loop in TORCH_LOOPS:
+                    alone = interleaved({loop: arms[f"pytorch_{loop}"]}, rounds, "served alone")
+                    report[f"pytorch_{model}_{loop}_served_alone_epoch_seconds"] = alone[loop]
+        finally:
+            for name, arm in arms.items():
+                if name != "vae_jax":
+                    arm.close()
+        report[f"vae_jax_{model}_epoch_seconds"] = seconds["vae_jax"] * scale
+        pytorch = {}
+        for loop, loop_options in TORCH_LOOPS.items():
+            pytorch[f"{loop}_interleaved"] = seconds[f"pytorch_{loop}"] * scale
+            standalone = torch_standalone(python, x, rounds, *model_options, *loop_options)
+            pytorch[f"{loop}_standalone"] = standalone * scale
+        for name, value in pytorch.items():
+            report[f"pytorch_{model}_{name}_epoch_seconds"] = value
+        fastest = min(pytorch, key=pytorch.get)
+        report[f"pytorch_{model}_fastest"] = fastest
+        report[f"ratio_vae_jax_over_pytorch_fastest_{model}"] = (
+            report[f"vae_jax_{model}_epoch_seconds"] / pytorch[fastest]
+        )
+        report[f"ratio_vae_jax_over_pytorch_examples_{model}"] = (
+            seconds["vae_jax"] / seconds["pytorch_examples"]
+        )
+    report["pytorch_threads"] = arms["pytorch_examples"].info["threads"]
+    report["pytorch_version"] = arms["pytorch_examples"].info["torch"]
+    return report
 
 
 def bench_is(x_test_bits, sizes: Sizes) -> dict:
@@ -412,6 +526,7 @@ def _define(values: flags.FlagValues) -> None:
     cli.flag(values, "rounds", 5, "timed epochs per measurement", lower_bound=1)
     cli.flag(values, "is-examples", 10_000, "test images scored by IS-5000")
     cli.flag(values, "no-torch", False, "skip the PyTorch reference")
+    cli.flag(values, "only", None, "run one part: pytorch (the PyTorch comparison alone)")
     cli.flag(values, "smoke", False, "toy sizes, one round, no PyTorch: checks that it runs")
     cli.flag(values, "out", None, "JSON report (default runs/bench/bench.json or smoke.json)")
     cli.flag(values, "torch-venv", str(TORCH_VENV), "the reference venv")
@@ -425,8 +540,12 @@ def parse_args(argv: list[str] | None) -> SimpleNamespace:
             f"--is-examples must be in [1, 10000] (the test set), got {args.is_examples}"
         )
     args.torch_venv = Path(args.torch_venv)
+    if args.only not in (None, "pytorch"):
+        raise cli.UserError(f"unknown --only {args.only!r}; the one part is 'pytorch'")
     if args.smoke:
         args.rounds, args.no_torch = 1, True
+    if args.only == "pytorch" and args.no_torch:
+        raise cli.UserError("--only pytorch needs the reference: drop --no-torch (or --smoke)")
     if args.out is None:
         args.out = "runs/bench/smoke.json" if args.smoke else "runs/bench/bench.json"
     return args
@@ -457,23 +576,19 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_peak_gflops": matmul_peak_gflops(args.rounds, sizes.matmul_n, options),
     }
 
-    # 1. vae_jax vs PyTorch, same model, same data (grey values, as examples/vae), interleaved.
-    jax_epoch = mlp_epoch(x_train, (400,), 20, "relu", 128, False, options)
-    report["train_compile_seconds"] = jax_epoch.compile_seconds
-    torch_epoch = None if python is None else TorchEpoch(python, x_train)
-    try:
-        arms = {"vae_jax": jax_epoch, **({"pytorch": torch_epoch} if torch_epoch else {})}
-        seconds = interleaved(arms, args.rounds, "vae_jax vs PyTorch")
-    finally:
-        if torch_epoch:
-            torch_epoch.close()
-    report["vae_784_400_20_b128_epoch_seconds"] = seconds["vae_jax"]
-    report["vae_784_400_20_b128_images_per_second"] = n_train / seconds["vae_jax"]
-    if torch_epoch:
-        report["pytorch_threads"] = torch_epoch.info["threads"]
-        report["pytorch_version"] = torch_epoch.info["torch"]
-        report["pytorch_epoch_seconds"] = seconds["pytorch"]
-        report["ratio_vae_jax_over_pytorch"] = seconds["vae_jax"] / seconds["pytorch"]
+    # 1. vae_jax vs PyTorch: make run's-size model (examples/vae) and the IWAE table's
+    # step, each against PyTorch's examples loop and its fastest idiomatic loop.
+    if python is not None:
+        report.update(bench_pytorch(x_train, python, args.rounds, sizes))
+        seconds = report["vae_jax_vae400_epoch_seconds"]
+    else:
+        epoch = vae400_epoch(x_train, options)
+        report["train_compile_seconds"] = epoch.compile_seconds
+        seconds = interleaved({"vae_jax": epoch}, args.rounds, "vae400")["vae_jax"]
+    report["vae_784_400_20_b128_epoch_seconds"] = seconds
+    report["vae_784_400_20_b128_images_per_second"] = n_train / seconds
+    if args.only == "pytorch":
+        return _write(report, out)
 
     # 2. The IWAE architecture at batch 100: achieved GFLOP/s against the peak.
     iwae_epoch = mlp_epoch(x_train, (200, 200), 50, "tanh", 100, True, options)
@@ -495,6 +610,10 @@ def main(argv: list[str] | None = None) -> dict:
     report.update(bench_is(binarize_once(0, x_test), sizes))
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    return _write(report, out)
+
+
+def _write(report: dict, out: Path) -> dict:
     write_json(out, report)
     width = max(map(len, report))
     for name, value in report.items():

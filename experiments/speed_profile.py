@@ -3,6 +3,7 @@ performance notes.
 
     python -m experiments.speed_profile is-working-set  # IS-5000 time vs samples in flight
     python -m experiments.speed_profile epoch-parts     # epoch time with parts swapped out
+    python -m experiments.speed_profile torch-loop-parts  # PyTorch's loops, one change at a time
 
 ``is-working-set`` times IS-5000 on 200 binarised test images (default model,
 784-200-20) for several (images per call, samples per chunk) and scales to 10k
@@ -22,7 +23,16 @@ import optax
 from absl import flags
 
 from experiments import cli
-from experiments.bench import interleaved, mlp_epoch
+from experiments.bench import (
+    CELL_IMAGES,
+    TORCH_CHANGES,
+    TORCH_MODELS,
+    TORCH_VENV,
+    TorchEpoch,
+    interleaved,
+    mlp_epoch,
+    torch_python,
+)
 from vae_jax.data import binarize_once, load_mnist
 from vae_jax.evaluate import make_log_p_x
 from vae_jax.host import map_dataset
@@ -64,7 +74,48 @@ def epoch_parts():
 
 
 EPOCH_PARTS_ROUNDS = 3
-COMMANDS = {"is-working-set": is_working_set, "epoch-parts": epoch_parts}
+
+
+def torch_loop_parts():
+    """Each difference between PyTorch's examples loop and the fast one, alone: the
+    examples loop with one change, the fast loop without it, then threads and
+    torch.compile. Every variant is a served process (as in make bench), one epoch of
+    each per round, interleaved; 10k training images, medians of 5 rounds after a
+    warm-up epoch, scaled to the 50k epoch."""
+    python = torch_python(TORCH_VENV)
+    x = load_mnist().train[:CELL_IMAGES]
+    scale = 50_000 / x.shape[0]
+    variants = [("examples", ("--loop", "examples"))]
+    variants += [(f"examples + {c}", ("--loop", "examples", "--change", c)) for c in TORCH_CHANGES]
+    variants += [("fast", ("--loop", "fast"))]
+    variants += [(f"fast - {c}", ("--loop", "fast", "--change", c)) for c in TORCH_CHANGES]
+    variants += [
+        ("examples, 1 thread", ("--loop", "examples", "--threads", "1")),
+        ("fast, 1 thread", ("--loop", "fast", "--threads", "1")),
+        ("fast, compiled", ("--loop", "fast", "--compile")),
+        ("fast, compiled, 1 thread", ("--loop", "fast", "--compile", "--threads", "1")),
+    ]
+    for model in ("vae400", "iwae_k1", "iwae_k5"):
+        model_options = TORCH_MODELS[model][0]
+        arms = {}
+        try:
+            for name, options in variants:
+                if model == "iwae_k5" and (" + " in name or " - " in name):
+                    continue  # k = 5: the loops, threads and compile only
+                arms[name] = TorchEpoch(python, x, *model_options, *options)
+            seconds = interleaved(arms, 5, model)
+        finally:
+            for arm in arms.values():
+                arm.close()
+        for name, value in seconds.items():
+            print(f"{model:8s} {name:28s} {value * scale:6.2f} s per 50k epoch", flush=True)
+
+
+COMMANDS = {
+    "is-working-set": is_working_set,
+    "epoch-parts": epoch_parts,
+    "torch-loop-parts": torch_loop_parts,
+}
 
 
 def _define(values: flags.FlagValues) -> None:

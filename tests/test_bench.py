@@ -1,6 +1,7 @@
 """`make bench` must run on a fresh clone: its own code at toy size (--smoke), how it
 starts the PyTorch reference, and what it says when the reference venv is missing."""
 
+import ast
 import importlib.util
 import json
 import math
@@ -56,7 +57,15 @@ def test_missing_torch_venv_is_one_line_before_any_work(tmp_path):
     assert not out.parent.exists()
 
 
-@pytest.mark.parametrize("argv", [["--rounds", "0"], ["--is-examples", "10001"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rounds", "0"],
+        ["--is-examples", "10001"],
+        ["--only", "cells"],
+        ["--only", "pytorch", "--no-torch"],
+    ],
+)
 def test_bad_sizes_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.run(lambda: bench.parse_args(argv))
@@ -99,3 +108,14 @@ def test_make_bench_installs_the_pinned_torch_first():
     assert variables["TORCH_STAMP"] == f"$(TORCH_VENV)/{bench.TORCH_STAMP}"
     bench_rule = re.search(r"^bench:(.*)$", makefile, flags=re.M).group(1)
     assert "$(TORCH_STAMP)" in bench_rule.split()
+
+
+def test_the_fast_loops_changes_are_named_alike_on_both_sides():
+    # bench_torch.py cannot be imported here (no torch): read its CHANGES from the source.
+    tree = ast.parse((ROOT / "experiments" / "bench_torch.py").read_text())
+    (changes,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CHANGES"
+    ]
+    assert tuple(ast.literal_eval(key) for key in changes.keys) == bench.TORCH_CHANGES
