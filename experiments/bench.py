@@ -302,11 +302,12 @@ def vae400_epoch(x_train, options) -> Epoch:
 
 
 def bench_pytorch(x_train: np.ndarray, python: Path, rounds: int, sizes: Sizes) -> dict:
-    """vae_jax against both PyTorch loops, per model: interleaved epochs (the same load
-    for all), and each PyTorch loop also standalone. For make run's-size model the
-    examples loop is also served with nothing in between (an idle partner), which
-    separates the harness from the interleaving. Ratios are vae_jax / the fastest
-    PyTorch time of any loop under any of these conditions."""
+    """vae_jax against every loop of TORCH_LOOPS, per model: interleaved epochs (the
+    same load for all), and each PyTorch loop also standalone. For make run's-size
+    model each loop is also served with nothing in between (an idle partner), which
+    separates the harness from the interleaving. The headline ratio is vae_jax / the
+    fastest PyTorch time of any loop, interleaved or standalone; ``pytorch_threads``
+    is torch's default thread count (the 1-thread loop sets its own)."""
     options, report = sizes.compiler_options, {}
     for model, (model_options, jax_case) in TORCH_MODELS.items():
         if model == "vae400":
