@@ -15,7 +15,7 @@ Reports medians over ``--rounds`` of:
     (fused with-logits loss, one host read per epoch, index batches, fused Adam;
     also torch.compile'd, and on 1 thread), each interleaved with vae_jax's epochs
     (the same load for all) and standalone (epochs back to back, as a user times a
-    loop); make run's-size model's loops are also served with nothing in between.
+    loop); examples/vae's model's loops are also served with nothing in between.
     Ratios are vae_jax's time / the fastest PyTorch time of any loop, either way;
     ``--only pytorch`` stops after this part;
   * one epoch of the IWAE 1-layer architecture (784-200-200-50) at batch 100,
@@ -230,16 +230,22 @@ class TorchEpoch(Served):
 
     def __init__(self, python: Path, x_train: np.ndarray, *options: str, warm_up: bool = True):
         self.tmp = _saved(x_train)
-        super().__init__(torch_argv(python, self.tmp, *options))
-        want = TORCH_PIN.split("==")[1]
-        if not self.info["torch"].startswith(want):
-            self.close()
-            raise SystemExit(
-                f"error: {python} has torch {self.info['torch']}, the benchmark pins {TORCH_PIN}: "
-                f"remove {python.parents[1]} and run `make bench` again"
-            )
-        if warm_up:
-            self.run()
+        try:
+            super().__init__(torch_argv(python, self.tmp, *options))
+            want = TORCH_PIN.split("==")[1]
+            if not self.info["torch"].startswith(want):
+                raise SystemExit(
+                    f"error: {python} has torch {self.info['torch']}, the benchmark pins "
+                    f"{TORCH_PIN}: remove {python.parents[1]} and run `make bench` again"
+                )
+            if warm_up:
+                self.run()
+        except BaseException:  # a wrong pin, a failed start or warm-up, Ctrl-C: leave nothing
+            if hasattr(self, "proc"):
+                self.close()
+            else:
+                Path(self.tmp).unlink(missing_ok=True)
+            raise
 
     def close(self):
         super().close()
@@ -303,7 +309,7 @@ def vae400_epoch(x_train, options) -> Epoch:
 
 def bench_pytorch(x_train: np.ndarray, python: Path, rounds: int, sizes: Sizes) -> dict:
     """vae_jax against every loop of TORCH_LOOPS, per model: interleaved epochs (the
-    same load for all), and each PyTorch loop also standalone. For make run's-size
+    same load for all), and each PyTorch loop also standalone. For examples/vae's
     model each loop is also served with nothing in between (an idle partner), which
     separates the harness from the interleaving. The headline ratio is vae_jax / the
     fastest PyTorch time of any loop, interleaved or standalone; ``pytorch_threads``
@@ -577,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_peak_gflops": matmul_peak_gflops(args.rounds, sizes.matmul_n, options),
     }
 
-    # 1. vae_jax vs PyTorch: make run's-size model (examples/vae) and the IWAE table's
+    # 1. vae_jax vs PyTorch: examples/vae's model (784-400-20) and the IWAE table's
     # step, each against PyTorch's examples loop and its fastest idiomatic loop.
     if python is not None:
         report.update(bench_pytorch(x_train, python, args.rounds, sizes))

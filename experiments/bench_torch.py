@@ -142,13 +142,15 @@ class Trainer:
             yield self.x[order[i * self.batch : (i + 1) * self.batch]]
 
     def epoch(self) -> float:
-        """One pass over the data; returns the mean loss per example."""
-        total, steps = (torch.zeros(()) if "one_sync" in self.changes else 0.0), 0
+        """One pass over the data; returns the mean loss per example (for the mean
+        reduction, the mean of the batches' means: exact where the batch divides N)."""
+        one_sync = "one_sync" in self.changes
+        total, steps, examples = (torch.zeros(()) if one_sync else 0.0), 0, 0
         for x in self._batches():
             loss = self.step(torch.bernoulli(x) if self.dynamic else x)
-            total += loss if "one_sync" in self.changes else loss.item()
-            steps += 1
-        return float(total) / steps / (self.batch if self.reduction == "sum" else 1)
+            total += loss if one_sync else loss.item()
+            steps, examples = steps + 1, examples + x.shape[0]
+        return float(total) / (examples if self.reduction == "sum" else steps)
 
 
 def timed(trainer) -> dict:
