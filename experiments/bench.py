@@ -264,13 +264,24 @@ def torch_argv(python: Path, data: str, *options: str) -> list[str]:
     return reference_argv(python, ROOT / "experiments" / "bench_torch.py", data, *options)
 
 
+# A standalone reference epoch slower than this is a hung or starved process, not a
+# measurement: the slowest seen, PyTorch's examples loop beside a training run, took 233 s.
+STANDALONE_EPOCH_TIMEOUT_S = 600
+
+
 def torch_standalone(python: Path, x_train: np.ndarray, rounds: int, *options: str) -> float:
     """Median seconds of epochs 2 .. rounds + 1 of a reference loop run the way a user
     times one: a single process, epochs back to back, nothing else in between."""
     data = _saved(x_train)
+    timeout = STANDALONE_EPOCH_TIMEOUT_S * (rounds + 1)
     try:
         argv = torch_argv(python, data, *options, "--standalone", str(rounds + 1))
-        result = subprocess.run(argv, capture_output=True, text=True)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        raise SystemExit(
+            f"error: the PyTorch reference ({' '.join(options)}) ran past {timeout} s "
+            f"for {rounds + 1} epochs; it needs a machine with nothing else running"
+        ) from None
     finally:
         Path(data).unlink(missing_ok=True)
     if result.returncode != 0:

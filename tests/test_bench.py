@@ -119,3 +119,100 @@ def test_the_fast_loops_changes_are_named_alike_on_both_sides():
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CHANGES"
     ]
     assert tuple(ast.literal_eval(key) for key in changes.keys) == bench.TORCH_CHANGES
+
+
+# A stand-in for bench_torch.py, speaking its protocol: one info line, then one JSON line
+# per epoch (per "epoch" on stdin, or --standalone N back to back). Its epoch takes
+# rows x the seconds per row of its loop, so the scaling to 50k images can be checked.
+STUB_REFERENCE = """
+import json, sys, time
+import numpy as np
+args = sys.argv[1:]
+rows = np.load(args[0]).shape[0]
+loop = args[args.index("--loop") + 1]
+if "--compile" in args:
+    loop += "_compiled"
+if "--threads" in args:
+    loop += "_1thread"
+standalone = "--standalone" in args
+per_row = json.loads(PER_ROW)[loop + ("_standalone" if standalone else "_interleaved")]
+if per_row is None:
+    time.sleep(60)
+print(json.dumps({"ready": True, "threads": 2, "torch": "2.13.0+stub"}), flush=True)
+reply = lambda: print(json.dumps({"seconds": rows * per_row}), flush=True)
+if standalone:
+    for _ in range(int(args[args.index("--standalone") + 1])):
+        reply()
+for line in sys.stdin:
+    reply()
+"""
+
+
+class _FakeEpoch:
+    def __init__(self, seconds):
+        self.seconds, self.compile_seconds = seconds, 0.5
+
+    def run(self):
+        return self.seconds
+
+
+def _stub_reference(tmp_path, monkeypatch, per_row):
+    stub = tmp_path / "stub_torch.py"
+    stub.write_text(STUB_REFERENCE.replace("PER_ROW", repr(json.dumps(per_row))))
+    monkeypatch.setattr(
+        bench, "torch_argv", lambda python, data, *options: [str(python), str(stub), data, *options]
+    )
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+
+def test_bench_pytorch_takes_the_fastest_reference_and_scales_it(tmp_path, monkeypatch):
+    # The reference is a stub and vae_jax's epochs are fakes: this checks bench_pytorch's
+    # bookkeeping (which time is the fastest, the 10k-image cells scaled to 50k, every
+    # process and data file gone), not any speed.
+    per_row = {  # seconds per image; fast_compiled is fastest standalone, fast interleaved
+        "examples_interleaved": 0.004, "examples_standalone": 0.003,
+        "fast_interleaved": 0.002, "fast_standalone": 0.0025,
+        "fast_compiled_interleaved": 0.0022, "fast_compiled_standalone": 0.0015,
+        "fast_1thread_interleaved": 0.003, "fast_1thread_standalone": 0.003,
+    }  # fmt: skip
+    _stub_reference(tmp_path, monkeypatch, per_row)
+    monkeypatch.setattr(bench, "CELL_IMAGES", 10)  # the cells: 10 of 40 images, x 4
+    monkeypatch.setattr(bench, "vae400_epoch", lambda x, options: _FakeEpoch(x.shape[0] * 0.001))
+    monkeypatch.setattr(
+        bench,
+        "config_epoch",
+        lambda config, x, options: _FakeEpoch(x.shape[0] * 0.001 * config.objective.num_samples),
+    )
+    x = np.zeros((40, 784), np.float32)
+    report = bench.bench_pytorch(x, Path(sys.executable), 3, bench.SMOKE)
+
+    for model, k in (("vae400", 1), ("iwae_k1", 1), ("iwae_k5", 5)):
+        assert report[f"vae_jax_{model}_epoch_seconds"] == pytest.approx(40 * 0.001 * k)
+        for name, seconds in per_row.items():
+            assert report[f"pytorch_{model}_{name}_epoch_seconds"] == pytest.approx(40 * seconds)
+        assert report[f"pytorch_{model}_fastest"] == "fast_compiled_standalone"
+        assert report[f"ratio_vae_jax_over_pytorch_fastest_{model}"] == pytest.approx(
+            0.001 * k / 0.0015
+        )
+        assert report[f"ratio_vae_jax_over_pytorch_examples_{model}"] == pytest.approx(
+            0.001 * k / 0.004
+        )
+    for loop in bench.TORCH_LOOPS:  # served alone: the same stub, same per-image time
+        seconds = report[f"pytorch_vae400_{loop}_served_alone_epoch_seconds"]
+        assert seconds == pytest.approx(40 * per_row[f"{loop}_interleaved"])
+    assert report["pytorch_version"] == "2.13.0+stub" and report["pytorch_threads"] == 2
+    assert list((tmp_path / "tmp").iterdir()) == []  # no data file left behind
+
+
+def test_a_hung_standalone_reference_is_one_line(tmp_path, monkeypatch):
+    _stub_reference(tmp_path, monkeypatch, {"fast_standalone": None})  # None: it sleeps
+    monkeypatch.setattr(bench, "STANDALONE_EPOCH_TIMEOUT_S", 0.5)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.torch_standalone(
+            Path(sys.executable), np.zeros((2, 784), np.float32), 1, "--loop", "fast"
+        )
+    message = str(exit_info.value.code)
+    assert message.startswith("error: the PyTorch reference (--loop fast) ran past 1.0 s")
+    assert "\n" not in message
+    assert list((tmp_path / "tmp").iterdir()) == []
