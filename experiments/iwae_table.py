@@ -182,6 +182,8 @@ def render(table: Path = TABLE) -> Path:
         layers = "1 layer" if r["stochastic_layers"] == 1 else f"{r['stochastic_layers']} layers"
         k255 = r.get("rescores", {}).get("k255")
         at_k255 = f"{k255['test_nll']:.2f} (IS-{k255['num_importance_samples']})" if k255 else ""
+        if wd.config_from_record(r["config"]).data.intensity == "k255":
+            at_k255 = "(trained at k/255)"  # its test NLL is already on k/255 bits
         lines.append(
             f"| {r['objective'].upper()}, {layers} | {r['k']} | {r['gradient']} "
             f"| {r['passes']} of {r['of_passes']} | {len(r['seeds'])} | {protocol(r['config'])} "

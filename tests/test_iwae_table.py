@@ -46,6 +46,7 @@ def test_add_records_the_run_and_exports_theta_and_phi_only(tmp_path):
     again = rescore.main(["--params", params, "--num-samples", "50", "--out", out])
     assert again["test_nll"] == results["test_nll"] and again["train_step"] == record["train_step"]
     assert again["intensity"] == "k255" and "| k/255, 50k, zero bias, adam |" in rows
+    assert "| (trained at k/255) |" in rows  # no re-score column for a cell already there
     # on the other scale: other bits, so another number, attached beside the cell's own
     other = str(tmp_path / "k256.json")
     at_k256 = rescore.main(
